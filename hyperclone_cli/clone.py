@@ -1,0 +1,214 @@
+"""The math of HyperCloning, as pure tensor functions.
+
+Every widened axis is described by an *index map*: `idx[t]` is the source index that
+target index `t` copies. Tiling `[x; x]` is `arange(n*d) % d`; placing the copies of each
+head next to each other is a block-wise repeat. With that one idea:
+
+- an axis on the *output* side (rows of a Linear, embeddings, norms, biases) is gathered;
+- an axis on the *input* side (columns of a Linear) is gathered and divided by how many
+  copies of that source index exist, so that `W' [x; x] = W x`;
+- noise on the input side is zero-sum over the copies of each source column within a row,
+  so it cancels exactly against the cloned input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+OUT = "out"
+IN = "in"
+
+
+def tile_map(size: int, n: int) -> torch.Tensor:
+    """`[x; x; …]`: target index t copies source index t mod size."""
+    return torch.arange(size * n) % size
+
+
+def interleave_map(size: int, n: int, block: int) -> torch.Tensor:
+    """Copies of each block of `block` indices placed next to each other: `[b0, b0, b1, b1, …]`."""
+    t = torch.arange(size * n)
+    return (t // (n * block)) * block + t % block
+
+
+def identity_map(size: int) -> torch.Tensor:
+    return torch.arange(size)
+
+
+def multiplicity(idx: torch.Tensor, size: int) -> torch.Tensor:
+    """How many target indices copy each source index (n for a clean n-fold widening)."""
+    return torch.bincount(idx, minlength=size)
+
+
+def copy_rank(idx: torch.Tensor) -> torch.Tensor:
+    """For each target index, which copy (0, 1, …) of its source index it is."""
+    rank = torch.empty_like(idx)
+    seen: dict[int, int] = {}
+    for t, s in enumerate(idx.tolist()):
+        rank[t] = seen.get(s, 0)
+        seen[s] = rank[t].item() + 1
+    return rank
+
+
+@dataclass(frozen=True)
+class AxisMap:
+    """How one axis of a tensor widens: which source index each target index copies,
+    and whether the axis is an output (gather) or input (gather and divide) side."""
+
+    idx: torch.Tensor  # (target_size,) long
+    source_size: int
+    side: str  # OUT or IN
+
+    @property
+    def target_size(self) -> int:
+        return int(self.idx.numel())
+
+    @property
+    def factor(self) -> int:
+        return self.target_size // max(self.source_size, 1)
+
+    @property
+    def widened(self) -> bool:
+        return self.target_size != self.source_size
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Symmetry-breaking noise: SNR in dB per weight block, seeded per tensor."""
+
+    snr_db: float
+    seed: int
+
+
+def noise_std(w: torch.Tensor, n_in: int, snr_db: float) -> float:
+    """Standard deviation giving `mean(η²) = mean((W/n)²) / 10^(snr/10)` after the
+    zero-sum projection (which removes a fraction 1/n of the variance)."""
+    total = 0.0
+    flat = w.reshape(-1)
+    for i in range(0, flat.numel(), 1 << 24):  # chunked: no float64 copy of a large tensor
+        total += float(flat[i : i + (1 << 24)].double().pow(2).sum())
+    signal = total / max(flat.numel(), 1) / n_in**2
+    return math.sqrt(signal / 10 ** (snr_db / 10) * n_in / (n_in - 1))
+
+
+def zero_sum_over_copies(eta: torch.Tensor, idx: torch.Tensor, source_size: int) -> torch.Tensor:
+    """Subtract, in every row, the mean over the copies of each source column (last axis)."""
+    sums = torch.zeros(*eta.shape[:-1], source_size, dtype=eta.dtype, device=eta.device)
+    sums.index_add_(-1, idx, eta)
+    mult = multiplicity(idx.cpu(), source_size).to(eta.device, eta.dtype)
+    return eta - (sums / mult)[..., idx]
+
+
+def expand(
+    w: torch.Tensor,
+    axes: tuple[AxisMap, ...],
+    *,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    diagonal: bool = False,
+    noise: Noise | None = None,
+    tensor_seed: int = 0,
+    out_dtype: torch.dtype | None = None,
+    max_chunk_elements: int = 1 << 24,
+) -> Iterator[torch.Tensor]:
+    """Widen `w` and yield the target tensor in row chunks (axis 0), in order.
+
+    `axes` has one AxisMap per dimension of `w`. `scale` multiplies the result; `offset`
+    handles norms stored as `(offset + w)` (Gemma), so the scale acts on the real gain.
+    `diagonal` fills a matrix whose both sides widen with `W` on matching copies and zeros
+    elsewhere instead of `W/n` everywhere. Noise is added only where an input side widens.
+    Chunks are computed in float32 (or float64 for float64 tensors) and cast once.
+    """
+    if w.dim() != len(axes):
+        raise ValueError(f"tensor has {w.dim()} dims but {len(axes)} axis maps were given")
+    out_dtype = out_dtype or w.dtype
+    work_dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
+    device = w.device
+    in_axes = [k for k, a in enumerate(axes) if a.side == IN and a.widened]
+    if len(in_axes) > 1:
+        raise ValueError("at most one input axis may widen")
+    in_axis = in_axes[0] if in_axes else None
+    idxs = [a.idx.to(device) for a in axes]
+    target_shape = tuple(a.target_size for a in axes)
+
+    # Rows are chunked unless axis 0 is the widened input side (GPT-2's transposed Conv1D):
+    # noise must be zero-summed across the copies of a column, which then lie in other rows.
+    row_elems = math.prod(target_shape[1:]) if len(target_shape) > 1 else 1
+    rows = target_shape[0] if target_shape else 1
+    chunk_rows = rows if in_axis == 0 else max(1, min(rows, max_chunk_elements // max(row_elems, 1)))
+
+    std = 0.0
+    gen = None
+    if noise is not None and in_axis is not None:
+        std = noise_std(w, axes[in_axis].factor, noise.snr_db)
+        gen = torch.Generator(device="cpu").manual_seed(tensor_seed)
+
+    if w.dim() == 0:
+        yield w.to(out_dtype)
+        return
+
+    in_div = None
+    if in_axis is not None:
+        mult = multiplicity(axes[in_axis].idx, axes[in_axis].source_size).to(device, work_dtype)
+        in_div = mult[idxs[in_axis]]
+    diag_mask_parts = None
+    if diagonal and in_axis is not None:
+        out_axes = [k for k, a in enumerate(axes) if a.side == OUT and a.widened]
+        if out_axes:
+            # Row copy r of an output unit reads only input copy (r mod copies-of-that-input).
+            o = out_axes[0]
+            out_rank = copy_rank(axes[o].idx).to(device)
+            in_rank = copy_rank(axes[in_axis].idx).to(device)
+            diag_mask_parts = (o, out_rank, in_rank)
+
+    for r0 in range(0, rows, chunk_rows):
+        r1 = min(rows, r0 + chunk_rows)
+        c = w.index_select(0, idxs[0][r0:r1]).to(work_dtype)
+        for k in range(1, w.dim()):
+            c = c.index_select(k, idxs[k])
+        if offset:
+            c = c + offset
+        if in_div is not None:
+            if diag_mask_parts is not None:
+                o, out_rank, in_rank = diag_mask_parts
+                shape = [1] * c.dim()
+                shape[in_axis] = -1
+                in_mult = in_div.view(shape).to(torch.long)
+                shape_o = [1] * c.dim()
+                shape_o[o] = -1
+                orank = out_rank[r0:r1] if o == 0 else out_rank
+                keep = (orank.view(shape_o) % in_mult) == in_rank.view(shape)
+                c = c * keep.to(work_dtype)
+            else:
+                shape = [1] * c.dim()
+                shape[in_axis] = -1
+                c = c / in_div.view(shape)
+        if gen is not None:
+            eta = _noise_chunk(c.shape, in_axis, idxs[in_axis], axes[in_axis].source_size, gen)
+            c = c + (eta * std).to(device, work_dtype)
+        if scale != 1.0:
+            c = c * scale
+        if offset:
+            c = c - offset
+        yield c.to(out_dtype).contiguous()
+
+
+def _noise_chunk(
+    shape: torch.Size, in_axis: int, idx: torch.Tensor, source_size: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Unit-variance zero-sum noise for one chunk, drawn on the CPU so one seed gives the
+    same bytes on every device."""
+    perm = [k for k in range(len(shape)) if k != in_axis] + [in_axis]
+    drawn = torch.randn([shape[k] for k in perm], generator=gen, dtype=torch.float32)
+    eta = zero_sum_over_copies(drawn, idx.cpu(), source_size)
+    inverse = [perm.index(k) for k in range(len(shape))]
+    return eta.permute(inverse)
+
+
+def expand_full(w: torch.Tensor, axes: tuple[AxisMap, ...], **kw) -> torch.Tensor:
+    """The whole widened tensor at once (tests and small tensors)."""
+    parts = list(expand(w, axes, **kw))
+    return torch.cat(parts, dim=0) if w.dim() else parts[0]

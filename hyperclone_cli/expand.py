@@ -1,0 +1,356 @@
+"""The expansion pipeline: plan → (read → widen → write, one tensor at a time) → verify →
+rename. The destination appears only when it is complete and verified; anything else
+leaves no trace but the error."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import clone
+from .checkpoint import ShardWriter, check_written_shard, open_checkpoint
+from .clone import Noise
+from .errors import EXIT_IO, HypercloneError, Interrupted, VerificationError
+from .plan import Plan, make_plan
+from .recipe import Recipe, load_recipe
+
+ProgressFn = Callable[[int], None]
+DISK_MARGIN = 64 * 1024 * 1024
+
+
+@dataclass
+class ShardResult:
+    file: str
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ExpandResult:
+    destination: Path
+    plan: Plan
+    dry_run: bool = False
+    seconds: float = 0.0
+    bytes_written: int = 0
+    device: str = "cpu"
+    shards: list[ShardResult] = field(default_factory=list)
+    verification: object | None = None  # VerifyReport when verified
+
+    def summary(self) -> dict:
+        p = self.plan
+        out = {
+            "destination": str(self.destination),
+            "dry_run": self.dry_run,
+            "family": p.family.name,
+            "factor": p.recipe.n,
+            "ffn_factor": p.recipe.m,
+            "source_params": sum(t.numel for t in p.source.tensors.values()),
+            "target_params": p.target_params,
+            "target_bytes": p.target_bytes,
+            "tie": p.tie,
+            "shards": [s.__dict__ for s in self.shards] or [s.file for s in p.shards],
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
+            "notes": p.notes,
+        }
+        if self.verification is not None:
+            out["verify"] = self.verification.to_dict()
+        return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HypercloneError("--device cuda: CUDA is not available here; use --device cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_paths(src: Path, dst: Path, force: bool) -> None:
+    s, d = src.resolve(), dst.resolve()
+    if d == s:
+        raise HypercloneError(f"{dst}: destination is the source; choose another directory")
+    if s in d.parents:
+        raise HypercloneError(f"{dst}: destination is inside the source; choose another directory")
+    if d in s.parents:
+        raise HypercloneError(f"{dst}: destination contains the source; choose another directory")
+    if dst.exists() and not force:
+        raise HypercloneError(f"{dst}: already exists; pass --force to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise HypercloneError(f"{dst}: exists and is not a directory")
+    parent = d.parent
+    if not parent.is_dir():
+        raise HypercloneError(f"{parent}: destination's parent directory does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HypercloneError(f"{parent}: not writable (permission denied)", code=EXIT_IO)
+
+
+def _check_space(plan: Plan, parent: Path) -> None:
+    other = sum(p.stat().st_size for p in plan.source.other_files)
+    need = plan.target_bytes + other + DISK_MARGIN
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise HypercloneError(
+            f"{parent}: not enough disk space: the output needs {need / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB free",
+            code=EXIT_IO,
+        )
+
+
+class _Writer:
+    """A background thread that writes chunks while the next ones are computed."""
+
+    def __init__(self, depth: int = 3) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hyperclone-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as e:  # re-raised in the main thread
+                    self._error = e
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(job)
+
+    def finish(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM (and SIGINT) into exceptions so cleanup runs; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def write_plan(
+    plan: Plan, out_dir: Path, device: torch.device, progress: ProgressFn | None = None
+) -> list[ShardResult]:
+    """Stream every tensor of the plan into safetensors shards in `out_dir`."""
+    recipe = plan.recipe
+    noise = Noise(recipe.noise, recipe.seed) if recipe.noise is not None else None
+    results: list[ShardResult] = []
+    writer = _Writer()
+    try:
+        for shard in plan.shards:
+            entries = [t.entry for t in shard.tensors]
+            sw = ShardWriter(out_dir / shard.file, entries, {"format": "pt"})
+            for t in shard.tensors:
+                w = plan.source.read(t.source, device)
+                for chunk in clone.expand(
+                    w,
+                    t.axes,
+                    scale=t.scale,
+                    offset=t.role.norm_offset,
+                    diagonal=t.diagonal,
+                    noise=noise if t.noise else None,
+                    tensor_seed=t.tensor_seed(recipe.seed),
+                    out_dtype=t.dtype,
+                ):
+                    writer.submit(lambda c=chunk, sw=sw: _write(sw, c, progress))
+                del w
+            writer.submit(lambda sw=sw, s=shard: results.append(_close(sw, s)))
+        writer.finish()
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            writer.finish()
+        raise
+    finally:
+        plan.source.close()
+    return results
+
+
+def _write(sw: ShardWriter, chunk: torch.Tensor, progress: ProgressFn | None) -> None:
+    sw.write(chunk)
+    if progress is not None:
+        progress(chunk.numel() * chunk.element_size())
+
+
+def _close(sw: ShardWriter, shard) -> ShardResult:
+    digest = sw.close()
+    check_written_shard(sw.path, [t.entry for t in shard.tensors], sw.expected)
+    return ShardResult(shard.file, sw.expected, digest)
+
+
+def _write_metadata(plan: Plan, out_dir: Path, shards: list[ShardResult]) -> None:
+    if len(plan.shards) > 1:
+        index = {
+            "metadata": {"total_size": plan.target_bytes},
+            "weight_map": {t.name: s.file for s in plan.shards for t in s.tensors},
+        }
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out_dir / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
+    for f in plan.source.other_files:
+        if f.name.lower() == "readme.md":
+            continue  # replaced by our model card
+        shutil.copy2(f, out_dir / f.name)
+
+
+def model_card(plan: Plan, shards: list[ShardResult], report: object | None) -> str:
+    prov = plan.provenance()
+    lines = [
+        "---",
+        "tags: [hyperclone, hypercloning]",
+        "---",
+        f"# Widened ×{plan.recipe.n} with hyperclone",
+        "",
+        f"This checkpoint was made from `{prov['source']}` by {prov['tool']} with "
+        "HyperCloning (Samragh et al., arXiv 2409.12903): every hidden vector is cloned "
+        f"{plan.recipe.n} times, so the model computes the same function as its source.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in prov.items()]
+    lines += [
+        f"| parameters | {plan.target_params:,} |",
+        f"| bytes | {plan.target_bytes:,} |",
+        "",
+    ]
+    if report is not None:
+        d = report.to_dict()
+        lines += ["## Verification", "", "| figure | value |", "|---|---|"]
+        lines += [
+            f"| {k} | {v} |"
+            for k, v in d.items()
+            if k in ("mode", "max_abs_diff", "rel_error", "kl", "top1_agreement", "tolerance", "passed")
+        ]
+        lines.append("")
+    else:
+        lines += ["Not verified (`--no-verify`).", ""]
+    lines += ["## Files", "", "| shard | bytes | sha256 |", "|---|---|---|"]
+    lines += [f"| {s.file} | {s.bytes:,} | `{s.sha256}` |" for s in shards]
+    for note in plan.notes:
+        lines.append(f"\nNote: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def expand(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    recipe: Recipe | str | Path | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    **overrides: object,
+) -> ExpandResult:
+    """Widen the checkpoint at `src` into `dst`.
+
+    `recipe` is a Recipe or a YAML path; keyword `overrides` (factor, ffn_factor, attention,
+    kv_heads, layout, noise, seed, dtype, tie, verify, verify_tolerance, shard_size, device)
+    win over it. Raises HypercloneError (VerificationError when the check fails) and leaves
+    no `dst` behind on any failure.
+    """
+    start = time.perf_counter()
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, **overrides)
+    elif overrides:
+        recipe = recipe.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    src, dst = Path(src), Path(dst)
+    ckpt = open_checkpoint(src)
+    check_paths(src, dst, force)
+    plan = make_plan(ckpt, recipe)
+    device = resolve_device(recipe.device)
+    if on_plan is not None:
+        on_plan(plan)
+    if dry_run:
+        return ExpandResult(dst, plan, dry_run=True, device=str(device))
+    _check_space(plan, dst.resolve().parent)
+
+    tmp = dst.parent / f".{dst.name}.hyperclone-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = ExpandResult(dst, plan, device=str(device))
+    try:
+        with _signals_raise():
+            try:
+                tmp.mkdir()
+                result.shards = write_plan(plan, tmp, device, progress)
+                _write_metadata(plan, tmp, result.shards)
+                report = None
+                if recipe.verify:
+                    from .verify import verify
+
+                    report = verify(src, tmp, tolerance=recipe.verify_tolerance, device=str(device))
+                    result.verification = report
+                    if not report.passed:
+                        raise VerificationError(_verify_failure(report), report)
+                (tmp / "README.md").write_text(model_card(plan, result.shards, report))
+                _move_into_place(tmp, dst)
+            except KeyboardInterrupt as e:
+                raise Interrupted(signal.SIGINT) from e
+            except OSError as e:
+                raise HypercloneError(
+                    f"{e.filename or dst}: {e.strerror or e}", code=EXIT_IO
+                ) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.bytes_written = sum(s.bytes for s in result.shards)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _verify_failure(report) -> str:
+    d = report.to_dict()
+    parts = [f"verification failed: max |Δlogit| {d['max_abs_diff']:.3g}"]
+    parts.append(f"rel error {d['rel_error']:.3g} > tolerance {d['tolerance']:.3g}")
+    parts.append(f"top-1 agreement {d['top1_agreement']:.3f}")
+    if d.get("first_bad_layer") is not None:
+        parts.append(f"first diverging layer {d['first_bad_layer']}")
+    if d.get("missing_keys") or d.get("unexpected_keys"):
+        parts.append(
+            f"{len(d.get('missing_keys') or [])} missing / "
+            f"{len(d.get('unexpected_keys') or [])} unexpected keys"
+        )
+    return ", ".join(parts) + "; nothing was written"
+
+
+def _move_into_place(tmp: Path, dst: Path) -> None:
+    """Rename the finished directory to dst; an old dst (--force) is swapped out only now."""
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.hyperclone-{os.getpid()}.old"
+        os.rename(dst, old)
+        try:
+            os.rename(tmp, dst)
+        except OSError:
+            os.rename(old, dst)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dst)

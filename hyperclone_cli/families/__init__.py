@@ -1,0 +1,27 @@
+"""The registry: one module per architecture family, looked up by HF class name or model_type."""
+
+from __future__ import annotations
+
+from ..errors import HypercloneError
+from .base import Dims, Family, Role
+from .llama import LLAMA
+from .opt import OPT
+
+FAMILIES: tuple[Family, ...] = (LLAMA, OPT)
+
+
+def family_for(config: dict) -> Family:
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    for fam in FAMILIES:
+        if any(a in fam.architectures for a in archs):
+            return fam
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    what = ", ".join(archs) if archs else f"model_type {model_type!r}"
+    supported = ", ".join(a for f in FAMILIES for a in f.architectures)
+    raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")
+
+
+__all__ = ["FAMILIES", "Dims", "Family", "Role", "family_for"]

@@ -1,0 +1,269 @@
+"""verify: a correct widening passes in both modes; wrong ones fail and say where."""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from hyperclone_cli import verify as verify_module
+from hyperclone_cli.errors import EXIT_VERIFY, HypercloneError, VerificationError
+from hyperclone_cli.verify import (
+    TOLERANCE_FP32,
+    TOLERANCE_HALF,
+    VerifyReport,
+    default_tolerance,
+    stored_dtype,
+    verify,
+)
+
+N = 2  # widening factor used throughout
+
+
+def tiny_llama(path: Path, *, tie: bool = False, layers: int = 3, seed: int = 0) -> Path:
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=128,
+        tie_word_embeddings=tie,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        # Wide spread of magnitudes (and norms away from 1) so that a wrong block shows up.
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(torch.rand_like(param) * 1.5 + 0.5)
+            else:
+                param.mul_(torch.rand(()) * 4 + 1)
+    model.save_pretrained(path)
+    return path
+
+
+def widen_by_hand(src: Path, dst: Path) -> Path:
+    """Llama ×N the plain way (head replication), independent of hyperclone's own code."""
+    config = json.loads((src / "config.json").read_text())
+    tie = config.get("tie_word_embeddings", False)
+    wide = {}
+    for name, w in load_file(src / "model.safetensors").items():
+        if "embed_tokens" in name:
+            wide[name] = w.repeat(1, N)  # [E, E]
+        elif "norm" in name:
+            # Keeping a tie: the final norm carries the lm_head's 1/N instead.
+            scale = 1 / N if tie and name == "model.norm.weight" else 1
+            wide[name] = w.repeat(N) * scale
+        elif name == "lm_head.weight":
+            wide[name] = w.repeat(1, N) / N  # input side only
+        else:  # q/k/v/o, gate/up/down: both sides widen
+            wide[name] = w.repeat(N, N) / N
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        config[key] *= N
+    dst.mkdir()
+    (dst / "config.json").write_text(json.dumps(config))
+    save_file(wide, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def edit_weights(path: Path, edit) -> Path:
+    """Apply `edit(state_dict)` to a single-file checkpoint in place."""
+    state = load_file(path / "model.safetensors")
+    edit(state)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def copy_checkpoint(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for file in src.iterdir():
+        (dst / file.name).write_bytes(file.read_bytes())
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pair")
+    src = tiny_llama(root / "src")
+    return src, widen_by_hand(src, root / "wide")
+
+
+def test_correct_widening_passes_in_both_modes_with_the_same_figures(pair):
+    src, wide = pair
+    full = verify(src, wide, streamed=False)
+    streamed = verify(src, wide, streamed=True)
+
+    for report in (full, streamed):
+        assert report.passed, report.summary()
+        assert report.rel_error < 1e-5
+        assert report.kl < 1e-8
+        assert report.top1_agreement == 1.0
+        assert report.n_tokens == 2 * 32
+        assert not report.missing_keys and not report.unexpected_keys
+    assert full.mode == "full" and full.greedy_match is True and full.layers == []
+    assert streamed.mode == "streamed" and streamed.greedy_match is None
+    # Same batch, same float32 arithmetic: the two ways of running agree.
+    assert streamed.max_abs_diff == pytest.approx(full.max_abs_diff, rel=1e-3, abs=1e-6)
+    assert streamed.rel_error == pytest.approx(full.rel_error, rel=1e-3, abs=1e-8)
+    assert [c.index for c in streamed.layers] == [0, 1, 2]
+    assert all(c.passed and c.rel_error < 1e-5 for c in streamed.layers)
+    assert streamed.first_bad_layer is None
+
+
+def test_streamed_logits_equal_transformers_logits(pair):
+    src, wide = pair
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
+    config = AutoModelForCausalLM.from_pretrained(wide).config
+    model = verify_module._empty_model(wide, config)
+    assert verify_module._stream_weights(wide, model, "cpu") == ([], [])
+    expected = AutoModelForCausalLM.from_pretrained(wide, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.allclose(verify_module._logits(model, ids), expected(ids).logits, atol=1e-5)
+
+
+def test_lost_head_scale_fails_though_greedy_text_matches(pair, tmp_path):
+    src, wide = pair
+    doubled = copy_checkpoint(wide, tmp_path / "doubled")
+    edit_weights(doubled, lambda s: s["lm_head.weight"].mul_(N))  # forgot the 1/N
+
+    full = verify(src, doubled, streamed=False)
+    assert not full.passed
+    assert full.rel_error == pytest.approx(1.0, rel=1e-3)  # 2·logit - logit
+    assert full.greedy_match is True  # why greedy text alone proves nothing
+    assert full.top1_agreement == 1.0 and full.kl > 1e-3
+
+    streamed = verify(src, doubled, streamed=True)
+    assert not streamed.passed
+    assert streamed.rel_error == pytest.approx(full.rel_error, rel=1e-4)
+    assert streamed.first_bad_layer is None  # every layer is fine; the head is not
+    assert "every decoder layer matches" in streamed.summary()
+    with pytest.raises(VerificationError) as err:
+        streamed.raise_if_failed()
+    assert err.value.code == EXIT_VERIFY and err.value.report is streamed
+
+
+def test_one_perturbed_weight_fails_and_streamed_names_its_layer(pair, tmp_path):
+    src, wide = pair
+    bad = copy_checkpoint(wide, tmp_path / "bad")
+
+    def perturb(state):
+        w = state["model.layers.1.mlp.down_proj.weight"]
+        w[3, 5] += 10 * w.abs().max()
+
+    edit_weights(bad, perturb)
+
+    full = verify(src, bad, streamed=False)
+    assert not full.passed and full.rel_error > TOLERANCE_FP32
+
+    streamed = verify(src, bad, streamed=True)
+    assert not streamed.passed
+    assert streamed.layers[0].passed and not streamed.layers[1].passed
+    assert streamed.first_bad_layer == 1
+    assert "layer 1 diverged" in streamed.summary()
+    assert "model.layers.1.*" in streamed.summary()
+    assert streamed.rel_error == pytest.approx(full.rel_error, rel=1e-4)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_missing_and_unexpected_weights_fail(pair, tmp_path, streamed):
+    src, wide = pair
+    holes = copy_checkpoint(wide, tmp_path / "holes")
+
+    def damage(state):
+        del state["model.layers.0.self_attn.k_proj.weight"]
+        state["model.layers.0.extra.weight"] = torch.zeros(3)
+
+    edit_weights(holes, damage)
+    report = verify(src, holes, streamed=streamed)
+    assert not report.passed
+    assert report.missing_keys == ["model.layers.0.self_attn.k_proj.weight"]
+    assert report.unexpected_keys == ["model.layers.0.extra.weight"]
+    assert "missing model.layers.0.self_attn.k_proj.weight" in report.summary()
+
+
+def test_tied_head_with_scaled_final_norm_passes(tmp_path):
+    src = tiny_llama(tmp_path / "src", tie=True, layers=2)
+    wide = widen_by_hand(src, tmp_path / "wide")
+    assert "lm_head.weight" not in load_file(wide / "model.safetensors")
+
+    full = verify(src, wide, streamed=False)
+    streamed = verify(src, wide, streamed=True)
+    assert full.passed and streamed.passed, (full.summary(), streamed.summary())
+    # The layer outputs are clones even though the final norm's output is halved.
+    assert all(c.passed for c in streamed.layers)
+    assert streamed.rel_error == pytest.approx(full.rel_error, rel=1e-3, abs=1e-8)
+
+
+def test_streamed_reads_sharded_checkpoints(pair, tmp_path):
+    src, wide = pair
+    model = AutoModelForCausalLM.from_pretrained(wide)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+
+    report = verify(src, tmp_path / "sharded", streamed=True)
+    assert report.passed, report.summary()
+
+
+def test_half_precision_gets_the_half_tolerance(pair, tmp_path):
+    src, wide = pair
+    half_src, half_wide = tmp_path / "src16", tmp_path / "wide16"
+    AutoModelForCausalLM.from_pretrained(src).to(torch.bfloat16).save_pretrained(half_src)
+    AutoModelForCausalLM.from_pretrained(wide).to(torch.bfloat16).save_pretrained(half_wide)
+
+    assert stored_dtype(wide) == torch.float32 and default_tolerance(wide) == TOLERANCE_FP32
+    assert stored_dtype(half_wide) == torch.bfloat16
+    assert default_tolerance(half_wide) == TOLERANCE_HALF
+
+    # An fp32 source against its widening rounded to bf16: passes the half tolerance.
+    report = verify(src, half_wide)
+    assert report.tolerance == TOLERANCE_HALF
+    assert report.passed, report.summary()
+    assert report.rel_error > TOLERANCE_FP32  # the rounding is real and reported
+
+    # ... but the same rounding with the head's 1/N lost does not.
+    edit_weights(half_wide, lambda s: s["lm_head.weight"].mul_(N))
+    assert not verify(half_src, half_wide).passed
+
+
+def test_streams_automatically_when_memory_is_short(pair, monkeypatch):
+    src, wide = pair
+    memory = namedtuple("memory", "available")
+    monkeypatch.setattr(verify_module.psutil, "virtual_memory", lambda: memory(1000))
+    assert verify(src, wide).mode == "streamed"
+    monkeypatch.setattr(verify_module.psutil, "virtual_memory", lambda: memory(1 << 40))
+    assert verify(src, wide).mode == "full"
+
+
+def test_unloadable_checkpoint_raises_one_line(pair, tmp_path):
+    src, _ = pair
+    with pytest.raises(HypercloneError, match="cannot load .*nowhere"):
+        verify(src, tmp_path / "nowhere")
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(HypercloneError) as err:
+        verify(src, broken)
+    assert "broken" in str(err.value) and "\n" not in str(err.value)
+
+    no_weights = copy_checkpoint(src, tmp_path / "no_weights")
+    (no_weights / "model.safetensors").unlink()
+    for streamed in (False, True):
+        with pytest.raises(HypercloneError, match="no_weights"):
+            verify(src, no_weights, streamed=streamed)
+
+
+def test_report_serialises(pair):
+    src, wide = pair
+    report = verify(src, wide, streamed=True, batch_size=1, seq_len=8)
+    data = report.to_dict()
+    assert isinstance(report, VerifyReport)
+    assert json.loads(json.dumps(data))["layers"][0]["index"] == 0
+    assert data["n_tokens"] == 8 and data["summary"].startswith("match")
