@@ -6,32 +6,28 @@ Python API (the CLI is a thin layer over these):
     result = expand("small/", "wide/", factor=2, noise=10.0)
     report = verify("small/", "wide/")
     info = inspect("small/", factor=2)
+
+`hyperclone_cli.expand`, `.verify` and `.inspect` are these functions; their modules are
+reachable with `importlib.import_module("hyperclone_cli.verify")` and the like.
 """
 
 __version__ = "0.1.0"
 
 from .errors import HypercloneError, VerificationError  # noqa: E402
+from .expand import ExpandResult, expand  # noqa: E402
+from .inspect import Inspection, inspect  # noqa: E402
+from .recipe import Recipe, load_recipe  # noqa: E402
+from .verify import VerifyReport, verify  # noqa: E402
 
-
-def __getattr__(name: str):
-    # Lazy: `import hyperclone_cli` stays cheap (no torch/transformers until needed).
-    if name == "expand":
-        from .expand import expand
-
-        return expand
-    if name == "verify":
-        from .verify import verify
-
-        return verify
-    if name == "inspect":
-        from .inspect import inspect
-
-        return inspect
-    if name == "load_recipe":
-        from .recipe import load_recipe
-
-        return load_recipe
-    raise AttributeError(name)
-
-
-__all__ = ["HypercloneError", "VerificationError", "expand", "inspect", "load_recipe", "verify"]
+__all__ = [
+    "ExpandResult",
+    "HypercloneError",
+    "Inspection",
+    "Recipe",
+    "VerificationError",
+    "VerifyReport",
+    "expand",
+    "inspect",
+    "load_recipe",
+    "verify",
+]

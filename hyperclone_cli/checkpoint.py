@@ -14,11 +14,14 @@ hashed on the way out for the model card.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -145,9 +148,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if st_files or (path / SAFETENSORS_INDEX).exists():
         fmt, weight_files = "safetensors", _shards(path, SAFETENSORS_INDEX, st_files)
         tensors = _safetensors_tensors(weight_files)
+        _check_index(path / SAFETENSORS_INDEX, tensors)
     elif bin_files or (path / BIN_INDEX).exists():
         fmt, weight_files = "bin", _shards(path, BIN_INDEX, bin_files)
         tensors = _bin_tensors(weight_files)
+        _check_index(path / BIN_INDEX, tensors)
     else:
         raise HypercloneError(f"{path}: no *.safetensors or pytorch_model*.bin weights found")
 
@@ -213,6 +218,27 @@ def _shards(path: Path, index_name: str, found: list[Path]) -> list[Path]:
     return sorted(shards)
 
 
+def _check_index(index_path: Path, tensors: dict[str, TensorInfo]) -> None:
+    """The index must say where each tensor really is: transformers loads by the index."""
+    if not index_path.exists():
+        return
+    weight_map = _strict_json(index_path)["weight_map"]
+    for name, fname in weight_map.items():
+        if name not in tensors:
+            raise HypercloneError(f"{index_path}: tensor {name} is listed in {fname} but not there")
+        if tensors[name].file.name != fname:
+            raise HypercloneError(
+                f"{index_path}: tensor {name} is listed in {fname} but stored in "
+                f"{tensors[name].file.name}; fix the index"
+            )
+    unlisted = sorted(set(tensors) - set(weight_map))
+    if unlisted:
+        raise HypercloneError(
+            f"{tensors[unlisted[0]].file}: tensor {unlisted[0]} is not in {index_path.name}; "
+            "fix the index"
+        )
+
+
 def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
     """Parse and check one safetensors header without reading any tensor data."""
     try:
@@ -262,7 +288,7 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
         spans.append((begin, end, name))
         tensors[name] = TensorInfo(name, dtype, shape, file, data_start + begin, nbytes)
     spans.sort()
-    for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:], strict=False):
+    for (_b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:], strict=False):
         if b1 < e0:
             raise HypercloneError(f"{file}: tensors {n0} and {n1} overlap in the file")
     return tensors, metadata
@@ -285,17 +311,26 @@ def load_bin(file: Path) -> dict[str, torch.Tensor]:
     """Load a torch pickle with `weights_only=True`: objects other than tensors and plain
     containers are refused before they are built, so a hostile file runs no code."""
     try:
-        try:
-            sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            sd = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            try:
+                sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                sd = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand (\S+)", str(e))
+        what = (
+            f"a call to {found.group(1)}"
+            if found and found.group(1)
+            else f"pickle opcode {found.group(2)}"
+            if found
+            else "objects other than tensors"
+        )
         raise HypercloneError(
-            f"{file}: refusing to load: it holds objects other than tensors "
-            f"(weights_only rejected it: {first[:160]}); convert it to safetensors"
+            f"{file}: refusing to load: the pickle holds {what}, which could run code "
+            "(nothing was run); convert it to safetensors from a copy you trust"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -371,8 +406,8 @@ class ShardWriter:
     def _emit(self, data: memoryview) -> None:
         try:
             self._file.write(data)
-        except OSError as e:
-            raise HypercloneError(f"cannot write {self.path}: {e.strerror}", code=EXIT_IO) from e
+        except OSError as e:  # name the file: a failed write() does not (ENOSPC, EIO)
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         self.sha256.update(data)
         self.written += data.nbytes
 
@@ -390,7 +425,7 @@ class ShardWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as e:
-            raise HypercloneError(f"cannot write {self.path}: {e.strerror}", code=EXIT_IO) from e
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         finally:
             self._file.close()
         if self.written != self.expected:
@@ -398,26 +433,34 @@ class ShardWriter:
         return self.sha256.hexdigest()
 
     def abort(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # buffered bytes may not fit either (ENOSPC)
+            self._file.close()
 
 
 def check_written_shard(path: Path, entries: list[Entry], expected_size: int) -> None:
     """Re-read a written shard's header with the safetensors library and compare to the plan."""
     from safetensors import safe_open
 
+    def bad(what: str) -> HypercloneError:
+        return HypercloneError(
+            f"{path.name}: the shard just written {what}; the disk or file system lost data, "
+            "so nothing was kept; check the disk and rerun",
+            code=EXIT_IO,
+        )
+
+    size = path.stat().st_size
+    if size != expected_size:
+        raise bad(f"has {size} bytes where {expected_size} were written")
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
-            for e in entries:
-                if list(f.get_slice(e.name).get_shape()) != list(e.shape):
-                    raise HypercloneError(f"{path.name}: {e.name} has the wrong shape on disk")
+            if names != {e.name for e in entries}:
+                raise bad("holds other tensors than planned")
+            shapes = {e.name: list(f.get_slice(e.name).get_shape()) for e in entries}
     except HypercloneError:
         raise
     except Exception as e:  # the library's own error types differ between releases
-        raise HypercloneError(f"{path.name}: written shard does not parse ({e})") from e
-    if names != {e.name for e in entries}:
-        raise HypercloneError(f"{path.name}: written shard holds other tensors than planned")
-    if path.stat().st_size != expected_size:
-        raise HypercloneError(
-            f"{path.name}: written shard has {path.stat().st_size} bytes, {expected_size} planned"
-        )
+        raise bad(f"does not parse ({' '.join(str(e).split())[:120]})") from e
+    wrong = [e.name for e in entries if shapes[e.name] != list(e.shape)]
+    if wrong:
+        raise bad(f"has the wrong shape for {wrong[0]}")

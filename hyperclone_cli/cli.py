@@ -3,12 +3,14 @@ No math and no I/O logic lives here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import click
 import typer
@@ -16,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_INPUT, EXIT_USAGE, HypercloneError
+from .errors import EXIT_INPUT, EXIT_SIGINT, EXIT_USAGE, HypercloneError
 
 app = typer.Typer(
     name="hyperclone",
@@ -84,11 +86,18 @@ def _val(e: Enum | None) -> str | None:
 
 @app.command()
 def expand(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint directory.")],
-    dst: Annotated[Path, typer.Argument(help="Destination directory (must not exist).")],
-    factor: Annotated[int | None, typer.Option(help="Hidden-size multiplier n (default 2).")] = None,
+    # readable=False: expand checks access itself, with its own message and exit code
+    src: Annotated[Path, typer.Argument(help="Source checkpoint directory.", readable=False)],
+    dst: Annotated[
+        Path, typer.Argument(help="Destination directory (must not exist).", readable=False)
+    ],
+    factor: Annotated[
+        int | None, typer.Option(help="Hidden-size multiplier n (default 2).")
+    ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe; flags override it.")] = None,
-    ffn_factor: Annotated[int | None, typer.Option(help="FFN multiplier (default: factor).")] = None,
+    ffn_factor: Annotated[
+        int | None, typer.Option(help="FFN multiplier (default: factor).")
+    ] = None,
     noise: Annotated[
         float | None, typer.Option(help="Symmetry-breaking noise as SNR in dB (off by default).")
     ] = None,
@@ -100,20 +109,27 @@ def expand(
         KV | None, typer.Option(help="GQA: replicate KV heads, or keep them (and the KV cache).")
     ] = None,
     layout: Annotated[
-        Layout | None, typer.Option(help="Blocks where both sides widen: W/n everywhere, or W on the diagonal.")
+        Layout | None,
+        typer.Option(help="Blocks where both sides widen: W/n everywhere, or W on the diagonal."),
     ] = None,
     untie: Annotated[
         bool, typer.Option("--untie", help="Write lm_head explicitly instead of keeping a tie.")
     ] = False,
     device: Annotated[Device | None, typer.Option(help="Where to compute (default auto).")] = None,
-    dtype: Annotated[DType | None, typer.Option(help="Output dtype (default: the source's).")] = None,
+    dtype: Annotated[
+        DType | None, typer.Option(help="Output dtype (default: the source's).")
+    ] = None,
     shard_size: Annotated[str | None, typer.Option(help="Largest shard, e.g. 5GB.")] = None,
     tolerance: Annotated[
         float | None, typer.Option(help="Verify tolerance (relative logit error).")
     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace DST once the new one is verified.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and report; write nothing.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace DST once the new one is verified.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and report; write nothing.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Widen SRC into DST: stream, expand, verify, then move into place."""
@@ -226,8 +242,8 @@ def verify(
         t.add_row("result", "[green]pass[/]" if d["passed"] else "[red]FAIL[/]")
         out.print(t)
     if not report.passed:
-        from .expand import _verify_failure
         from .errors import VerificationError
+        from .expand import _verify_failure
 
         raise VerificationError(_verify_failure(report).replace("; nothing was written", ""))
 
@@ -235,8 +251,12 @@ def verify(
 @app.command("inspect")
 def inspect_cmd(
     path: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
-    factor: Annotated[int | None, typer.Option(help="Also show what ×factor would produce.")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="Also show what this recipe would produce.")] = None,
+    factor: Annotated[
+        int | None, typer.Option(help="Also show what ×factor would produce.")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Also show what this recipe would produce.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Architecture, sizes, shards, dtypes, tie, heads; and what an expansion would produce."""
@@ -263,8 +283,11 @@ def inspect_cmd(
         ("hidden", str(d["hidden"]), exp and str(exp["hidden"])),
         ("ffn", str(d["ffn"]), exp and str(exp["ffn"])),
         ("layers", str(d["layers"]), exp and str(d["layers"])),
-        ("heads / kv / head_dim", f"{d['heads']} / {d['kv_heads']} / {d['head_dim']}",
-         exp and f"{exp['heads']} / {exp['kv_heads']} / {exp['head_dim']}"),
+        (
+            "heads / kv / head_dim",
+            f"{d['heads']} / {d['kv_heads']} / {d['head_dim']}",
+            exp and f"{exp['heads']} / {exp['kv_heads']} / {exp['head_dim']}",
+        ),
         ("tied embeddings", str(d["tied"]), exp and exp["tie"]),
     ]
     if exp:
@@ -274,34 +297,84 @@ def inspect_cmd(
     out.print(t)
 
 
+def _click_errors(name: str) -> tuple[type[BaseException], ...]:
+    """The class `name` from click and from the copy of click that typer vendors
+    (typer >= 0.16 raises its own), so both are caught whichever one is installed."""
+    found: list[type[BaseException]] = [getattr(click.exceptions, name)]
+    with contextlib.suppress(ImportError, AttributeError):
+        from typer._click import exceptions as vendored
+
+        found.append(getattr(vendored, name))
+    return tuple(found)
+
+
+_USAGE_ERRORS = _click_errors("UsageError")
+_EXITS = _click_errors("Exit") + (typer.Exit,)
+_ABORTS = _click_errors("Abort") + (typer.Abort,)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """One line on stderr, then exit: rich would wrap long lines at the console width."""
+    sys.stderr.write(" ".join(message.split()) + "\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def _quiet_libraries() -> None:
+    """Our own progress and messages only: no loading bars or advice from transformers, and
+    never a hub lookup (hyperclone works on local directories)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes one line on stderr and an exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args or bool(os.environ.get("HYPERCLONE_DEBUG"))
+    # transformers' loading bars and advisories would add lines to stderr around our one
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not debug:  # library warnings would add lines to stderr; --debug shows them
+        warnings.simplefilter("ignore")
     try:
-        app(args=argv, prog_name="hyperclone", standalone_mode=False)
-    except click.exceptions.Exit as e:
+        rc = app(args=args, prog_name="hyperclone", standalone_mode=False)
+    except _EXITS as e:
         sys.exit(e.exit_code)
-    except click.UsageError as e:
-        err.print(f"hyperclone: error: {e.format_message()}", markup=False, highlight=False)
-        sys.exit(EXIT_USAGE)
-    except click.Abort:
-        sys.exit(130)
+    except _USAGE_ERRORS as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.stderr.write(e.format_message() + "\n")
+            sys.exit(EXIT_USAGE)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "hyperclone"
+        _fail(f"hyperclone: error: {e.format_message()} (see '{where} --help')", EXIT_USAGE)
+    except _ABORTS:
+        _fail("hyperclone: error: interrupted; nothing was written", EXIT_SIGINT)
+    except KeyboardInterrupt:
+        _fail("hyperclone: error: interrupted; nothing was written", EXIT_SIGINT)
     except HypercloneError as e:
         if debug:
             raise
-        err.print(f"hyperclone: error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(e.code)
+        _fail(f"hyperclone: error: {e}", e.code)
     except Exception as e:  # a bug: still one line, unless --debug
-        if debug or os.environ.get("HYPERCLONE_DEBUG"):
+        if debug:
             raise
         msg = " ".join(str(e).split())[:300]
-        err.print(
+        _fail(
             f"hyperclone: internal error: {type(e).__name__}: {msg} (rerun with --debug)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+            EXIT_INPUT,
         )
-        sys.exit(EXIT_INPUT)
+    # typer returns (not raises) the code of an Exit, e.g. 130 after Ctrl-C outside expand
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        if rc == EXIT_SIGINT:
+            _fail("hyperclone: error: interrupted; nothing was written", EXIT_SIGINT)
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ head next to each other is a block-wise repeat. With that one idea:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ class AxisMap:
     idx: torch.Tensor  # (target_size,) long
     source_size: int
     side: str  # OUT or IN
+    # multiplier per target index, or None: scales one part of a fused axis (the q rows of
+    # GPT-2's [q | k | v] under head-dim attention) where a tensor-wide scale cannot
+    scale: torch.Tensor | None = None
 
     @property
     def target_size(self) -> int:
@@ -120,7 +124,10 @@ def expand(
     handles norms stored as `(offset + w)` (Gemma), so the scale acts on the real gain.
     `diagonal` fills a matrix whose both sides widen with `W` on matching copies and zeros
     elsewhere instead of `W/n` everywhere. Noise is added only where an input side widens.
-    Chunks are computed in float32 (or float64 for float64 tensors) and cast once.
+    Chunks are computed in float32 (or float64 for float64 tensors) and cast once, except
+    where that round trip cannot change a bit: a bf16/fp16 tensor kept in its dtype whose
+    only arithmetic is multiplying by powers of two stays in its dtype (a multiply by 2^k
+    is exact, and torch rounds it once from float32 just as the cast would).
     """
     if w.dim() != len(axes):
         raise ValueError(f"tensor has {w.dim()} dims but {len(axes)} axis maps were given")
@@ -138,7 +145,9 @@ def expand(
     # noise must be zero-summed across the copies of a column, which then lie in other rows.
     row_elems = math.prod(target_shape[1:]) if len(target_shape) > 1 else 1
     rows = target_shape[0] if target_shape else 1
-    chunk_rows = rows if in_axis == 0 else max(1, min(rows, max_chunk_elements // max(row_elems, 1)))
+    chunk_rows = (
+        rows if in_axis == 0 else max(1, min(rows, max_chunk_elements // max(row_elems, 1)))
+    )
 
     std = 0.0
     gen = None
@@ -164,36 +173,147 @@ def expand(
             in_rank = copy_rank(axes[in_axis].idx).to(device)
             diag_mask_parts = (o, out_rank, in_rank)
 
+    runs = [_runs(a.idx) for a in axes]
+    exact = None
+    if gen is None and not offset and all(a.scale is None for a in axes):
+        exact = _exact_multiplier(w, out_dtype, scale, in_axis, in_div, diag_mask_parts)
     for r0 in range(0, rows, chunk_rows):
         r1 = min(rows, r0 + chunk_rows)
-        c = w.index_select(0, idxs[0][r0:r1]).to(work_dtype)
-        for k in range(1, w.dim()):
-            c = c.index_select(k, idxs[k])
-        if offset:
-            c = c + offset
-        if in_div is not None:
+        if exact is not None:
+            c = _gather(w, runs, idxs, r0, r1, w.dtype)
             if diag_mask_parts is not None:
-                o, out_rank, in_rank = diag_mask_parts
+                c.mul_(_diag_keep(diag_mask_parts, in_axis, in_div, c.dim(), r0, r1).to(c.dtype))
+            if isinstance(exact, torch.Tensor):
                 shape = [1] * c.dim()
                 shape[in_axis] = -1
-                in_mult = in_div.view(shape).to(torch.long)
-                shape_o = [1] * c.dim()
-                shape_o[o] = -1
-                orank = out_rank[r0:r1] if o == 0 else out_rank
-                keep = (orank.view(shape_o) % in_mult) == in_rank.view(shape)
-                c = c * keep.to(work_dtype)
+                c.mul_(exact.view(shape))
+            elif exact != 1.0:
+                c.mul_(exact)
+            yield c
+            continue
+        c = _gather(w, runs, idxs, r0, r1, work_dtype)
+        if offset:
+            c.add_(offset)
+        if in_div is not None:
+            if diag_mask_parts is not None:
+                c.mul_(_diag_keep(diag_mask_parts, in_axis, in_div, c.dim(), r0, r1).to(work_dtype))
             else:
                 shape = [1] * c.dim()
                 shape[in_axis] = -1
-                c = c / in_div.view(shape)
+                c.div_(in_div.view(shape))
         if gen is not None:
             eta = _noise_chunk(c.shape, in_axis, idxs[in_axis], axes[in_axis].source_size, gen)
-            c = c + (eta * std).to(device, work_dtype)
+            c.add_((eta * std).to(device, work_dtype))
         if scale != 1.0:
-            c = c * scale
+            c.mul_(scale)
+        for k, a in enumerate(axes):
+            if a.scale is not None:
+                shape = [1] * c.dim()
+                shape[k] = -1
+                s = a.scale[r0:r1] if k == 0 else a.scale
+                c.mul_(s.to(device, work_dtype).view(shape))
         if offset:
-            c = c - offset
+            c.sub_(offset)
         yield c.to(out_dtype).contiguous()
+
+
+def _diag_keep(parts, in_axis: int, in_div: torch.Tensor, dim: int, r0: int, r1: int):
+    o, out_rank, in_rank = parts
+    shape = [1] * dim
+    shape[in_axis] = -1
+    in_mult = in_div.view(shape).to(torch.long)
+    shape_o = [1] * dim
+    shape_o[o] = -1
+    orank = out_rank[r0:r1] if o == 0 else out_rank
+    return (orank.view(shape_o) % in_mult) == in_rank.view(shape)
+
+
+# Powers of two this far from 1 keep every bf16/fp16 value (subnormals included) exact in
+# the float32 that torch computes half-precision products in.
+_EXACT_EXPONENT = 12
+
+
+def _exact_multiplier(
+    w: torch.Tensor,
+    out_dtype: torch.dtype,
+    scale: float,
+    in_axis: int | None,
+    in_div: torch.Tensor | None,
+    diag_mask_parts: object,
+) -> float | torch.Tensor | None:
+    """The multiplier (a number, or one per in-axis index) that gives, in `w`'s own
+    half-precision dtype, exactly the bytes of the float32 route; None where it cannot."""
+    if w.dtype not in (torch.bfloat16, torch.float16) or out_dtype != w.dtype:
+        return None
+    if not _is_pow2(scale):
+        return None
+    if in_div is None or diag_mask_parts is not None:
+        multiplier: float | torch.Tensor = scale
+    else:
+        divisors = torch.unique(in_div.cpu()).tolist()
+        if not all(_is_pow2(d) and _is_pow2(scale / d) for d in divisors):
+            return None
+        multiplier = scale / divisors[0] if len(divisors) == 1 else (scale / in_div).to(w.dtype)
+    # NaN bits come out of float32 and half-precision kernels differently (and inf·0 makes
+    # one in the diagonal layout): only all-finite tensors take this route.
+    return multiplier if _all_finite(w) else None
+
+
+def _is_pow2(x: float) -> bool:
+    m, e = math.frexp(x)
+    return m == 0.5 and abs(e - 1) <= _EXACT_EXPONENT
+
+
+def _all_finite(w: torch.Tensor) -> bool:
+    flat = w.reshape(-1)
+    step = 1 << 22  # bounded temporary, not a bool copy of the whole tensor
+    return all(bool(flat[i : i + step].isfinite().all()) for i in range(0, flat.numel(), step))
+
+
+def _runs(idx: torch.Tensor) -> list[tuple[int, int, int]]:
+    """An index map as contiguous runs (target start, source start, length): a tile map
+    `[0…d, 0…d]` is two runs, so widening is a few block copies instead of a gather."""
+    idx = idx.cpu()
+    if idx.numel() == 0:
+        return []
+    cuts = (torch.nonzero(idx[1:] - idx[:-1] != 1).flatten() + 1).tolist()
+    starts, ends = [0, *cuts], [*cuts, idx.numel()]
+    lengths = [e - s for s, e in zip(starts, ends, strict=True)]
+    return list(zip(starts, idx[starts].tolist(), lengths, strict=True))
+
+
+_MAX_BLOCKS = 1024  # past this many (or tiny) blocks, one index_select per axis is faster
+
+
+def _gather(
+    w: torch.Tensor,
+    runs: list[list[tuple[int, int, int]]],
+    idxs: list[torch.Tensor],
+    r0: int,
+    r1: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Target rows r0:r1 of `w` gathered along every axis, as a new `dtype` tensor."""
+    row_runs = [
+        (lo - r0, s + lo - t, hi - lo)
+        for t, s, n in runs[0]
+        if (lo := max(t, r0)) < (hi := min(t + n, r1))
+    ]
+    per_axis = [row_runs, *runs[1:]]
+    shape = (r1 - r0, *(int(i.numel()) for i in idxs[1:]))
+    blocks = math.prod(len(r) for r in per_axis)
+    if blocks > _MAX_BLOCKS or math.prod(shape) < blocks * 256:
+        c = w.index_select(0, idxs[0][r0:r1]).to(dtype)
+        for k in range(1, w.dim()):
+            c = c.index_select(k, idxs[k])
+        return c
+    out = torch.empty(shape, dtype=dtype, device=w.device)
+    for block in itertools.product(*per_axis):
+        dst, src = out, w
+        for k, (t, s, n) in enumerate(block):
+            dst, src = dst.narrow(k, t, n), src.narrow(k, s, n)
+        dst.copy_(src)
+    return out
 
 
 def _noise_chunk(

@@ -5,6 +5,7 @@ leaves no trace but the error."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import queue
@@ -21,12 +22,19 @@ import torch
 from . import clone
 from .checkpoint import ShardWriter, check_written_shard, open_checkpoint
 from .clone import Noise
-from .errors import EXIT_IO, HypercloneError, Interrupted, VerificationError
+from .errors import (
+    EXIT_IO,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    HypercloneError,
+    Interrupted,
+    VerificationError,
+)
 from .plan import Plan, make_plan
 from .recipe import Recipe, load_recipe
 
 ProgressFn = Callable[[int], None]
-DISK_MARGIN = 64 * 1024 * 1024
+DISK_MARGIN = 0.01  # of the output, plus 1 MiB: file-system blocks, index, card
 
 
 @dataclass
@@ -88,24 +96,46 @@ def check_paths(src: Path, dst: Path, force: bool) -> None:
     if dst.exists() and not force:
         raise HypercloneError(f"{dst}: already exists; pass --force to replace it")
     if dst.exists() and not dst.is_dir():
-        raise HypercloneError(f"{dst}: exists and is not a directory")
+        raise HypercloneError(f"{dst}: exists and is not a directory; remove it or choose another")
+    if dst.exists() and any(dst.iterdir()) and not (dst / "config.json").is_file():
+        raise HypercloneError(
+            f"{dst}: --force replaces only a checkpoint (a directory with config.json) or an "
+            "empty directory; this one is neither, so remove it yourself or choose another"
+        )
     parent = d.parent
     if not parent.is_dir():
-        raise HypercloneError(f"{parent}: destination's parent directory does not exist")
+        raise HypercloneError(f"{parent}: destination's parent directory does not exist; create it")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HypercloneError(f"{parent}: not writable (permission denied)", code=EXIT_IO)
 
 
 def _check_space(plan: Plan, parent: Path) -> None:
     other = sum(p.stat().st_size for p in plan.source.other_files)
-    need = plan.target_bytes + other + DISK_MARGIN
+    need = plan.target_bytes + other
+    need += int(need * DISK_MARGIN) + 2**20
     free = shutil.disk_usage(parent).free
     if need > free:
         raise HypercloneError(
-            f"{parent}: not enough disk space: the output needs {need / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB free",
+            f"{parent}: not enough disk space: the output needs {_size(need)}, "
+            f"{_size(free)} free; free some space or choose another destination",
             code=EXIT_IO,
         )
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def os_error_message(e: OSError, dst: Path) -> str:
+    """One line for a failed write under dst that says what to do about it."""
+    where = Path(e.filename).name if e.filename else "the output"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "the disk is full; free some space or choose another destination"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = f"{e.strerror}; choose a destination you can write to"
+    else:
+        hint = e.strerror or str(e)
+    return f"{dst}: cannot write {where}: {hint}; nothing was left behind"
 
 
 class _Writer:
@@ -114,6 +144,7 @@ class _Writer:
     def __init__(self, depth: int = 3) -> None:
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._cancelled = False
         self._thread = threading.Thread(target=self._run, name="hyperclone-writer", daemon=True)
         self._thread.start()
 
@@ -122,7 +153,7 @@ class _Writer:
             job = self._q.get()
             if job is None:
                 return
-            if self._error is None:
+            if self._error is None and not self._cancelled:
                 try:
                     job()
                 except BaseException as e:  # re-raised in the main thread
@@ -139,6 +170,19 @@ class _Writer:
         if self._error is not None:
             raise self._error
 
+    def cancel(self) -> None:
+        """Drop queued chunks and wait only for the one being written (after Ctrl-C, ENOSPC)."""
+        self._cancelled = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._q.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self._q.put_nowait(None)
+        self._thread.join()
+
+
+_deferred: dict = {"on": False}  # set while dst is being renamed into place
+
 
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
@@ -148,6 +192,9 @@ def _signals_raise() -> Iterator[None]:
         return
 
     def handler(signum, _frame):
+        if _deferred["on"]:
+            _deferred["signum"] = signum
+            return
         raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -165,11 +212,13 @@ def write_plan(
     recipe = plan.recipe
     noise = Noise(recipe.noise, recipe.seed) if recipe.noise is not None else None
     results: list[ShardResult] = []
+    opened: list[ShardWriter] = []
     writer = _Writer()
     try:
         for shard in plan.shards:
             entries = [t.entry for t in shard.tensors]
             sw = ShardWriter(out_dir / shard.file, entries, {"format": "pt"})
+            opened.append(sw)
             for t in shard.tensors:
                 w = plan.source.read(t.source, device)
                 for chunk in clone.expand(
@@ -187,8 +236,9 @@ def write_plan(
             writer.submit(lambda sw=sw, s=shard: results.append(_close(sw, s)))
         writer.finish()
     except BaseException:
-        with contextlib.suppress(BaseException):
-            writer.finish()
+        writer.cancel()
+        for sw in opened:
+            sw.abort()
         raise
     finally:
         plan.source.close()
@@ -245,11 +295,8 @@ def model_card(plan: Plan, shards: list[ShardResult], report: object | None) -> 
     if report is not None:
         d = report.to_dict()
         lines += ["## Verification", "", "| figure | value |", "|---|---|"]
-        lines += [
-            f"| {k} | {v} |"
-            for k, v in d.items()
-            if k in ("mode", "max_abs_diff", "rel_error", "kl", "top1_agreement", "tolerance", "passed")
-        ]
+        shown = ("mode", "max_abs_diff", "rel_error", "kl", "top1_agreement", "tolerance", "passed")
+        lines += [f"| {k} | {v} |" for k, v in d.items() if k in shown]
         lines.append("")
     else:
         lines += ["Not verified (`--no-verify`).", ""]
@@ -284,6 +331,8 @@ def expand(
     elif overrides:
         recipe = recipe.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     src, dst = Path(src), Path(dst)
+    if dst.name in ("", ".", ".."):  # the temporary directory is named after dst
+        dst = Path(os.path.abspath(dst))
     ckpt = open_checkpoint(src)
     check_paths(src, dst, force)
     plan = make_plan(ckpt, recipe)
@@ -294,6 +343,7 @@ def expand(
         return ExpandResult(dst, plan, dry_run=True, device=str(device))
     _check_space(plan, dst.resolve().parent)
 
+    _remove_stale(dst)
     tmp = dst.parent / f".{dst.name}.hyperclone-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     result = ExpandResult(dst, plan, device=str(device))
@@ -312,13 +362,11 @@ def expand(
                     if not report.passed:
                         raise VerificationError(_verify_failure(report), report)
                 (tmp / "README.md").write_text(model_card(plan, result.shards, report))
-                _move_into_place(tmp, dst)
+                _move_into_place(tmp, dst, force)
             except KeyboardInterrupt as e:
                 raise Interrupted(signal.SIGINT) from e
             except OSError as e:
-                raise HypercloneError(
-                    f"{e.filename or dst}: {e.strerror or e}", code=EXIT_IO
-                ) from e
+                raise HypercloneError(os_error_message(e, dst), code=EXIT_IO) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.bytes_written = sum(s.bytes for s in result.shards)
@@ -341,16 +389,47 @@ def _verify_failure(report) -> str:
     return ", ".join(parts) + "; nothing was written"
 
 
-def _move_into_place(tmp: Path, dst: Path) -> None:
-    """Rename the finished directory to dst; an old dst (--force) is swapped out only now."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.hyperclone-{os.getpid()}.old"
-        os.rename(dst, old)
+def _remove_stale(dst: Path) -> None:
+    """Remove what a killed run (SIGKILL, power loss) left beside dst: `.DST.hyperclone-PID.*`
+    of processes that no longer exist. A live PID's directory is left alone."""
+    for p in dst.parent.glob(f".{dst.name}.hyperclone-*"):
+        pid = p.name.removeprefix(f".{dst.name}.hyperclone-").split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
         try:
-            os.rename(tmp, dst)
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            if p.name.endswith(".tmp"):
+                shutil.rmtree(p, ignore_errors=True)
+            # a `.old` is a previous DST that a killed --force run was swapping out: keep it
         except OSError:
-            os.rename(old, dst)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, dst)
+            pass  # alive under another user
+
+
+def _move_into_place(tmp: Path, dst: Path, force: bool) -> None:
+    """Rename the finished directory to dst; an old dst (--force) is swapped out only now.
+    SIGINT/SIGTERM wait until both renames are done, so dst is never left half-swapped."""
+    if dst.exists() and not force:
+        raise HypercloneError(f"{dst}: appeared while expanding; pass --force to replace it")
+    _deferred["on"] = True
+    try:
+        if dst.exists():
+            old = dst.parent / f".{dst.name}.hyperclone-{os.getpid()}.old"
+            os.rename(dst, old)
+            try:
+                os.rename(tmp, dst)
+            except OSError:
+                os.rename(old, dst)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dst)
+    finally:
+        _deferred["on"] = False
+    signum = _deferred.pop("signum", None)
+    if signum is not None:
+        name = signal.Signals(signum).name
+        raise HypercloneError(
+            f"interrupted by {name} after {dst} was complete and in place; it is kept",
+            code=EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM,
+        )

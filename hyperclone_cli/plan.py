@@ -7,7 +7,7 @@ import copy
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -148,6 +148,8 @@ def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dic
         maps["kv"] = tile_map(G * hd, n)
         heads, kv, head_dim = n * H, n * G, hd
     maps["qkv"] = tile_map(3 * H * hd, n)  # GPT-NeoX per-head [q k v]: whole heads tile
+    # norms over one head (Qwen3, Gemma 3 q/k norms): only head-dim attention widens a head
+    maps["head"] = tile_map(hd, n) if recipe.attention == "head-dim" else identity_map(hd)
     sizes = {
         "hidden": n * dims.hidden,
         "embed": n * dims.embed,
@@ -177,6 +179,15 @@ def _axis(space, side: str, size: int, maps: dict[str, torch.Tensor], name: str,
     return AxisMap(torch.cat(idxs), size, side)
 
 
+def _scale_q(axis: AxisMap, space, maps: dict[str, torch.Tensor], q_scale: float) -> AxisMap:
+    """The q part of an axis multiplied by q_scale: all of it, or q's place in [q | k | v]."""
+    parts = space if isinstance(space, tuple) else (space,)
+    if "q" not in parts:
+        return axis
+    scale = [torch.full((maps[p].numel(),), q_scale if p == "q" else 1.0) for p in parts]
+    return replace(axis, scale=torch.cat(scale))
+
+
 def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
     cfg = ckpt.config
     family = family_for(cfg)
@@ -189,8 +200,8 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         )
     if recipe.kv_heads == "keep" and not family.supports_kv_keep:
         raise HypercloneError(
-            f"--kv-heads keep is not possible for {family.name}: its fused projection needs as "
-            "many key/value heads as query heads; use --kv-heads replicate"
+            f"--kv-heads keep is not possible for {family.name}: its attention needs as many "
+            "key/value heads as query heads; use --kv-heads replicate"
         )
     maps, sizes = space_maps(dims, recipe)
     tied = resolved_tie(cfg, family)
@@ -214,8 +225,8 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
     elif not keepers:
         tie = "untied"
         notes.append(
-            "tie removed: the final norm has no parameters to carry the 1/n scale, "
-            "so lm_head is written explicitly"
+            "tie removed: no final norm or projection with parameters can carry the 1/n "
+            "scale, so lm_head is written explicitly"
         )
     else:
         tie = "kept"
@@ -252,7 +263,11 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         )
         scale = 1.0
         if role.q_scaled and recipe.attention == "head-dim":
-            scale /= math.sqrt(n)  # q·k grows n-fold; the softmax scale shrinks only √n-fold
+            # q·k grows n-fold; the softmax scale shrinks only √n-fold
+            q_scale = 1 / math.sqrt(n)
+            axes = tuple(
+                _scale_q(a, sp, maps, q_scale) for a, (sp, _) in zip(axes, role.axes, strict=True)
+            )
         if re.fullmatch(family.embedding_name, name):
             embedding_source = name
             scale *= embed_mult

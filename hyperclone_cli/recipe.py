@@ -84,6 +84,9 @@ class Recipe(BaseModel):
         return parse_size(self.shard_size)
 
 
+_FLAGS = {"verify_tolerance": "tolerance", "verify": "no-verify", "tie": "untie"}  # key → flag
+
+
 def _one_line(err: ValidationError, where: str) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "recipe"
@@ -91,7 +94,11 @@ def _one_line(err: ValidationError, where: str) -> str:
         known = ", ".join(Recipe.model_fields)
         return f"{where}: unknown key {loc!r} (known keys: {known})"
     msg = e["msg"].removeprefix("Value error, ")
-    return f"{where}: {loc}: {msg} (got {e.get('input')!r})"
+    if where == "option":  # a flag: name it as the user typed it
+        flag = _FLAGS.get(loc, loc)
+        where, loc = f"--{flag.replace('_', '-')}", ""
+    got = "" if "got" in msg else f" (got {e.get('input')!r})"
+    return f"{where}: {loc + ': ' if loc else ''}{msg}{got}"
 
 
 def load_recipe(path: str | Path | None = None, **overrides: object) -> Recipe:
@@ -111,9 +118,16 @@ def load_recipe(path: str | Path | None = None, **overrides: object) -> Recipe:
         if not isinstance(loaded, dict):
             raise HypercloneError(f"recipe {path}: expected a mapping of keys to values")
         data.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    data.update(flags)
     try:
         return Recipe(**data)
     except ValidationError as e:
+        key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else ""
+        if key in flags:
+            where = f"option --{key.replace('_', '-')}"
+            raise HypercloneError(
+                _one_line(e, where).replace(f"{where}: {key}: ", f"{where}: ")
+            ) from e
         where = f"recipe {path}" if path is not None else "option"
         raise HypercloneError(_one_line(e, where)) from e

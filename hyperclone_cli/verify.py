@@ -35,11 +35,12 @@ from torch import nn
 from hyperclone_cli.errors import HypercloneError, VerificationError
 
 # Default tolerances on the relative logit error, by the destination's stored dtype.
-# fp32: an exact widening differs only by float32 summation order (measured ~1e-6).
-# bf16/fp16: rounding the widened weights once (noise blocks W/n ± η no longer cancel
-# exactly, or an fp32 source stored in half precision) gives a relative error of about
-# 2e-3 – 1e-2 on small models; 3e-2 leaves room for that while a lost or doubled scale
-# (error ≥ 0.5) or a corrupted weight still fails.
+# Measured on tiny and 6-layer Llamas widened x2 (rel error = max |Δlogit| / max |logit|):
+# - float32, exact or with symmetric noise: ~1e-6 (summation order only).
+# - bfloat16: 2e-3 - 4e-3 with noise (W/n ± η no longer cancel after rounding), up to 8e-3
+#   for an fp32 source stored as bf16; float16: below 1e-3.
+# - wrong widenings: a lost or doubled 1/n gives 1.0, noise that does not cancel 0.5 - 0.6.
+# 3e-2 sits between the two for any weight narrower than 32 bits.
 TOLERANCE_FP32 = 1e-4
 TOLERANCE_HALF = 3e-2
 
@@ -103,7 +104,10 @@ class VerifyReport:
             )
         if self.layers:
             # Every layer matched, so the error is after the last one.
-            return f"logits differ though every decoder layer matches (check final norm, lm_head): {figures}"
+            return (
+                "logits differ though every decoder layer matches "
+                f"(check the final norm and lm_head): {figures}"
+            )
         return f"logits differ: {figures}"
 
     def to_dict(self) -> dict:
@@ -132,7 +136,11 @@ def verify(
     `TOLERANCE_HALF` (3e-2) for bfloat16/float16 (see the constants for why).
     `streamed=None` streams when the two models in float32 exceed 60% of available RAM.
     `passed` requires the error within tolerance and no missing or unexpected weights in
-    `dst`. Raises `HypercloneError` when a checkpoint cannot be loaded.
+    `dst`; the greedy check and the per-layer checks are diagnostics.
+
+    Raises `HypercloneError` when a checkpoint cannot be loaded, when the source itself
+    misses weights, or when streamed mode meets a layout it cannot read tensor by tensor
+    (checkpoints whose tensors transformers merges on load, such as per-expert MoE files).
     """
     src, dst = Path(src), Path(dst)
     src_config, dst_config = _load_config(src), _load_config(dst)
@@ -162,20 +170,12 @@ def stored_dtype(path: str | Path) -> torch.dtype:
     """The narrowest floating dtype of the weights on disk (safetensors headers), else the
     config's `dtype`/`torch_dtype`, else float32."""
     path = Path(path)
-    names = {
-        "F64": torch.float64,
-        "F32": torch.float32,
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "F8_E4M3": torch.float8_e4m3fn,
-        "F8_E5M2": torch.float8_e5m2,
-    }
     found: set[torch.dtype] = set()
     for file in _checkpoint_files(path):
         if file.suffix == ".safetensors":
             for entry in _safetensors_header(file).values():
-                if entry["dtype"] in names:
-                    found.add(names[entry["dtype"]])
+                if entry["dtype"] in _SAFETENSORS_FLOATS:
+                    found.add(_SAFETENSORS_FLOATS[entry["dtype"]])
     if found:
         return min(found, key=lambda d: d.itemsize)
     try:
@@ -198,8 +198,10 @@ def _verify_full(
     prompt = ids[:1, :GREEDY_PROMPT_TOKENS]
     # One model at a time: the wide model alone sets the peak, not both together.
     model, info = _load_full(src, device)
-    if info["missing"] or info["unexpected"]:
-        raise HypercloneError(f"source {src} is incomplete: {_describe_keys(info)}")
+    # Extra tensors in the source are transformers' business (it ignores them); missing
+    # ones would make the reference itself random.
+    if info["missing"]:
+        raise HypercloneError(f"source {src} is incomplete: missing {_preview(info['missing'])}")
     src_logits, src_text = _logits(model, ids), _greedy(model, prompt)
     del model
     gc.collect()
@@ -227,15 +229,32 @@ def _load_full(path: Path, device: str) -> tuple[nn.Module, dict[str, list[str]]
     from transformers import AutoModelForCausalLM
 
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, output_loading_info=True
-        )
+        with _quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32, output_loading_info=True
+            )
     except Exception as err:  # transformers raises many types; all mean "cannot load"
         raise HypercloneError(f"cannot load {path}: {_first_line(err)}") from err
     # A weight whose shape does not fit was not loaded either: count it as missing.
     missing = set(info.get("missing_keys", ())) | {m[0] for m in info.get("mismatched_keys", ())}
     keys = {"missing": sorted(missing), "unexpected": sorted(info.get("unexpected_keys", ()))}
     return model.to(device).eval(), keys
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars or load reports from transformers: the report says it all."""
+    from transformers.utils import logging
+
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 @torch.no_grad()
@@ -273,16 +292,11 @@ def _verify_streamed(
 
     # Source first: keep each layer's output (batch × seq × d, small), then compare the
     # wide model's layers with their clones as they come and keep only the figures.
+    missing, _ = _stream_weights(src, src_model, device)
+    if missing:
+        raise HypercloneError(f"source {src} is incomplete: missing {_preview(missing)}")
     src_outputs: list[torch.Tensor] = []
-    record = _capture(src_layers, lambda i, h: src_outputs.append(h))
-    missing, unexpected = _stream_weights(src, src_model, device)
-    if missing or unexpected:
-        raise HypercloneError(
-            f"source {src} is incomplete: "
-            f"{_describe_keys({'missing': missing, 'unexpected': unexpected})}"
-        )
-    with record:
-        src_logits = _logits(src_model, ids)
+    src_logits = _run_streamed(src_model, ids, src_layers, lambda i, h: src_outputs.append(h))
 
     checks: list[LayerCheck] = []
 
@@ -297,8 +311,7 @@ def _verify_streamed(
         checks.append(LayerCheck(i, diff, rel, rel <= tolerance))
 
     missing, unexpected = _stream_weights(dst, dst_model, device)
-    with _capture(dst_layers, check):
-        dst_logits = _logits(dst_model, ids)
+    dst_logits = _run_streamed(dst_model, ids, dst_layers, check)
 
     figures = _compare_logits(src_logits, dst_logits)
     ok = figures["rel_error"] <= tolerance and not missing and not unexpected
@@ -317,6 +330,24 @@ def _verify_streamed(
     )
 
 
+def _run_streamed(
+    model: nn.Module,
+    ids: torch.Tensor,
+    layers: list[nn.Module],
+    sink: Callable[[int, torch.Tensor], None],
+) -> torch.Tensor:
+    try:
+        with _capture(layers, sink):
+            return _logits(model, ids)
+    except (RuntimeError, NotImplementedError) as err:
+        if "meta" not in str(err):
+            raise
+        # Some module used a weight it does not own, so no hook loaded it.
+        raise HypercloneError(
+            f"streamed verify cannot run {type(model).__name__} ({_first_line(err)}); use full mode"
+        ) from err
+
+
 def _stream_weights(path: Path, model: nn.Module, device: str) -> tuple[list[str], list[str]]:
     """Install hooks so that each module of `model` (parameters on meta) reads its own
     tensors from `path` when it runs and frees them after. Returns (missing, unexpected).
@@ -324,7 +355,7 @@ def _stream_weights(path: Path, model: nn.Module, device: str) -> tuple[list[str
     Missing weights are zero-filled so the forward pass still runs; the report fails anyway.
     """
     on_disk = _tensor_files(path)
-    prefix = getattr(model, "base_model_prefix", "")
+    stored_as = _stored_names(model, on_disk, path)
     used: set[str] = set()
     # Tied parameters are one Parameter object under several names (e.g. lm_head.weight
     # and model.embed_tokens.weight); any of its names present on disk will do.
@@ -332,25 +363,18 @@ def _stream_weights(path: Path, model: nn.Module, device: str) -> tuple[list[str
     for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
 
-    def disk_name(name: str) -> str | None:
-        # Also accept base-model checkpoints saved without the prefix (GPT-2's "transformer.").
-        for candidate in (name, name.removeprefix(f"{prefix}.")):
-            if candidate in on_disk:
-                return candidate
-        return None
-
     missing: list[str] = []
     plan: dict[nn.Module, dict[str, str | None]] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
+    for module_name, module in model.named_modules():
         own = dict(module.named_parameters(recurse=False))
         if not own:
             continue
         plan[module] = {}
         for short, param in own.items():
             full = f"{module_name}.{short}" if module_name else short
-            found = disk_name(full)
+            found = stored_as.get(full)
             if found is None:
-                found = next(filter(None, map(disk_name, aliases[id(param)])), None)
+                found = next(filter(None, map(stored_as.get, aliases[id(param)])), None)
             if found is None:
                 missing.append(full)
             else:
@@ -359,7 +383,7 @@ def _stream_weights(path: Path, model: nn.Module, device: str) -> tuple[list[str
 
     # Persistent buffers (rare in causal LMs) are small: load the ones on disk once.
     for name, buffer in list(model.named_buffers()):
-        found = disk_name(name)
+        found = stored_as.get(name)
         owner_name, _, short = name.rpartition(".")
         owner = model.get_submodule(owner_name)
         if found is not None:
@@ -395,10 +419,45 @@ def _stream_weights(path: Path, model: nn.Module, device: str) -> tuple[list[str
         module.register_forward_hook(release)
 
     ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", ()) or ()]
-    unexpected = [
-        k for k in on_disk if k not in used and not any(p.search(k) for p in ignore)
-    ]
+    unexpected = [k for k in on_disk if k not in used and not any(p.search(k) for p in ignore)]
     return sorted(missing), sorted(unexpected)
+
+
+def _stored_names(model: nn.Module, on_disk: dict[str, Path], path: Path) -> dict[str, str]:
+    """Model tensor name → its name on disk.
+
+    transformers renames some tensors on load (Pythia's `embed_out` → `lm_head`, legacy
+    `gamma`/`beta`, a missing or extra base-model prefix): apply its own rules. Tensors that
+    it merges on load (MoE experts stored one by one) cannot be read by name.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            WeightRenaming,
+            rename_source_key,
+        )
+    except ImportError:  # transformers 4.x: names as stored, or without the base-model prefix
+        expected = set(model.state_dict())
+        prefixed = {f"{model.base_model_prefix}.{k}": k for k in on_disk}
+        return {**{k: k for k in on_disk}, **{n: k for n, k in prefixed.items() if n in expected}}
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    expected = model.state_dict()
+    names = {}
+    for key in on_disk:
+        name, merged = rename_source_key(
+            key, renamings, converters, model.base_model_prefix, expected
+        )
+        if merged is not None:
+            raise HypercloneError(
+                f"streamed verify cannot read {path}: transformers merges tensors such as "
+                f"{key} when loading {type(model).__name__}; use full mode"
+            )
+        names[name] = key
+    return names
 
 
 def _tensor_files(path: Path) -> dict[str, Path]:
@@ -416,8 +475,8 @@ def _tensor_files(path: Path) -> dict[str, Path]:
 
 
 def _read(on_disk: dict[str, Path], names: list[str]) -> dict[str, torch.Tensor]:
-    """Read `names`, opening each file once and closing it right away: a safetensors
-    handle keeps its file mapped, and the pages read stay in RSS until it closes."""
+    """Read `names`, opening each file once and closing it right away: an open safetensors
+    handle keeps its file mapped, and every page read stays in RSS until it closes."""
     from safetensors import safe_open
 
     by_file: dict[Path, list[str]] = {}
@@ -433,6 +492,17 @@ def _read(on_disk: dict[str, Path], names: list[str]) -> dict[str, torch.Tensor]
             out.update({k: state[k].clone() for k in keys})
             del state
     return out
+
+
+# safetensors dtype names of floating tensors (the header's "dtype" field).
+_SAFETENSORS_FLOATS = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
@@ -473,9 +543,7 @@ def _decoder_layers(model: nn.Module) -> tuple[list[nn.Module], str | None]:
 
 
 @contextmanager
-def _capture(
-    layers: list[nn.Module], sink: Callable[[int, torch.Tensor], None]
-) -> Iterator[None]:
+def _capture(layers: list[nn.Module], sink: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
     """Pass each decoder layer's output hidden state to `sink(index, hidden)`."""
 
     def hook(index: int) -> Callable:
@@ -534,13 +602,7 @@ def _count_parameters(model: nn.Module) -> int:
 
 @torch.no_grad()
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids, use_cache=False).logits
-    if logits.device.type == "meta":
-        raise HypercloneError(
-            f"streamed verify cannot run {type(model).__name__}: a weight is used outside "
-            "the module that owns it; use full mode (streamed=False)"
-        )
-    return logits.float().cpu()
+    return model(input_ids=ids, use_cache=False).logits.float().cpu()
 
 
 def _compare_logits(src: torch.Tensor, dst: torch.Tensor) -> dict[str, float]:
@@ -574,11 +636,6 @@ def _text_config(config: object) -> object:
     # Multimodal configs keep the language model's sizes in a sub-config.
     get = getattr(config, "get_text_config", None)
     return get() if get else config
-
-
-def _describe_keys(info: dict[str, list[str]]) -> str:
-    parts = [f"{kind} {_preview(keys)}" for kind, keys in info.items() if keys]
-    return "; ".join(parts)
 
 
 def _preview(keys: list[str], limit: int = 3) -> str:

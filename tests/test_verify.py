@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections import namedtuple
 from pathlib import Path
@@ -11,7 +12,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from hyperclone_cli import verify as verify_module
 from hyperclone_cli.errors import EXIT_VERIFY, HypercloneError, VerificationError
 from hyperclone_cli.verify import (
     TOLERANCE_FP32,
@@ -21,6 +21,9 @@ from hyperclone_cli.verify import (
     stored_dtype,
     verify,
 )
+
+# The package exports the function `verify` under the module's name.
+verify_module = importlib.import_module("hyperclone_cli.verify")
 
 N = 2  # widening factor used throughout
 
@@ -267,3 +270,39 @@ def test_report_serialises(pair):
     assert isinstance(report, VerifyReport)
     assert json.loads(json.dumps(data))["layers"][0]["index"] == 0
     assert data["n_tokens"] == 8 and data["summary"].startswith("match")
+
+
+def test_streamed_holds_one_module_of_weights_at_a_time(pair, monkeypatch):
+    src, wide = pair
+    models, held_before, read_at_once = [], [], []
+    stream_weights, read = verify_module._stream_weights, verify_module._read
+
+    def remember(path, model, device):
+        models.append(model)
+        return stream_weights(path, model, device)
+
+    def measure(on_disk, names):
+        held = sum(p.numel() for m in models for p in m.parameters() if p.device.type != "meta")
+        held_before.append(held)
+        out = read(on_disk, names)
+        read_at_once.append(sum(t.numel() for t in out.values()))
+        return out
+
+    monkeypatch.setattr(verify_module, "_stream_weights", remember)
+    monkeypatch.setattr(verify_module, "_read", measure)
+    assert verify(src, wide, streamed=True).passed
+    assert set(held_before) == {0}  # the previous module's weights were dropped
+    assert max(read_at_once) == 128 * 32 * N  # the largest single weight: the wide embedding
+
+
+def test_streamed_reads_pytorch_bin_checkpoints(pair, tmp_path):
+    src, wide = pair
+    src_bin = tmp_path / "src_bin"
+    src_bin.mkdir()
+    (src_bin / "config.json").write_text((src / "config.json").read_text())
+    torch.save(load_file(src / "model.safetensors"), src_bin / "pytorch_model.bin")
+
+    streamed = verify(src_bin, wide, streamed=True)
+    full = verify(src_bin, wide, streamed=False)
+    assert streamed.passed and full.passed
+    assert streamed.max_abs_diff == pytest.approx(full.max_abs_diff, rel=1e-3, abs=1e-6)

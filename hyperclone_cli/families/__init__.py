@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from ..errors import HypercloneError
 from .base import Dims, Family, Role
-from .llama import LLAMA
+from .gemma import GEMMA, GEMMA3
+from .gpt2 import GPT2
+from .gpt_neox import GPT_NEOX
+from .llama import LLAMA, QWEN2, QWEN3
+from .olmo import OLMO, OLMO2
 from .opt import OPT
+from .phi3 import PHI3
 
-FAMILIES: tuple[Family, ...] = (LLAMA, OPT)
+FAMILIES: tuple[Family, ...] = (
+    LLAMA,
+    QWEN2,
+    QWEN3,
+    OLMO,
+    OLMO2,
+    GEMMA,
+    GEMMA3,
+    PHI3,
+    OPT,
+    GPT2,
+    GPT_NEOX,
+)
 
 
 def family_for(config: dict) -> Family:

@@ -4,7 +4,8 @@ config keys to widen. What is *done* to it lives in plan.py and clone.py.
 A role names, for each axis of a tensor, the *space* the axis lives in and its *side*:
 - spaces: "hidden" (the residual stream), "embed" (OPT's word_embed_proj_dim), "ffn",
   "q" (query heads × head_dim), "kv" (key/value heads × head_dim), "qkv" (GPT-NeoX's
-  per-head fused [q k v]), "fixed" (never widens: vocabulary, positions);
+  per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "fixed"
+  (never widens: vocabulary, positions);
   a tuple of spaces is a fused axis, e.g. ("q", "kv", "kv") for `[q | k | v]`.
 - sides: "out" (gathered: rows of a Linear, embeddings, norms, biases) or "in"
   (gathered and divided by the number of copies: columns of a Linear).
@@ -79,7 +80,7 @@ class Family:
     model_types: tuple[str, ...]  # config.json model_type values handled
     tensors: tuple[tuple[str, Role], ...]  # regex (fullmatch) → role
     dims: Callable[[dict], Dims]
-    config_keys: Callable[[dict, Dims, dict[str, int]], dict]  # (cfg, src dims, new sizes) → updates
+    config_keys: Callable[[dict, Dims, dict[str, int]], dict]  # (cfg, dims, sizes) → updates
     embedding_name: str  # regex of the token embedding tensor
     head_name: str = "lm_head.weight"  # name written when untying
     tie_keepers: tuple[str, ...] = ()  # regexes, in order of preference, scaled to keep a tie

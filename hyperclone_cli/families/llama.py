@@ -1,11 +1,37 @@
 """Llama tensor layout: separate q/k/v/o projections (optional biases), gated MLP, RMSNorm,
-rotary positions. Any checkpoint with this layout works (Mistral, Qwen2, SmolLM, TinyLlama…)."""
+rotary positions. Any checkpoint with this layout works (Mistral, SmolLM, TinyLlama…);
+Qwen2 is the same layout under its own name. The pieces are shared with OLMo and Gemma."""
 
 from __future__ import annotations
 
-from .base import Dims, Family, bias, cfg_int, embedding, head, head_dims, linear, norm, widen
+from dataclasses import replace
+
+from .base import Dims, Family, Role, bias, cfg_int, embedding, head, head_dims, linear, norm, widen
 
 L = r"model\.layers\.\d+\."
+
+
+def attention(prefix: str = L) -> tuple[tuple[str, Role], ...]:
+    """q/k/v/o projections with optional biases; q is scaled under head-dim attention."""
+    a = prefix + r"self_attn\."
+    return (
+        (a + r"q_proj\.weight", linear("q", "hidden", q_scaled=True)),
+        (a + r"q_proj\.bias", bias("q", q_scaled=True)),
+        (a + r"[kv]_proj\.weight", linear("kv", "hidden")),
+        (a + r"[kv]_proj\.bias", bias("kv")),
+        (a + r"o_proj\.weight", linear("hidden", "q")),
+        (a + r"o_proj\.bias", bias("hidden")),
+    )
+
+
+def gated_mlp(prefix: str = L) -> tuple[tuple[str, Role], ...]:
+    m = prefix + r"mlp\."
+    return (
+        (m + r"(gate|up)_proj\.weight", linear("ffn", "hidden")),
+        (m + r"(gate|up)_proj\.bias", bias("ffn")),
+        (m + r"down_proj\.weight", linear("hidden", "ffn")),
+        (m + r"down_proj\.bias", bias("hidden")),
+    )
 
 
 def llama_dims(cfg: dict) -> Dims:
@@ -49,20 +75,12 @@ def llama_config(cfg: dict, dims: Dims, sizes: dict[str, int]) -> dict:
 
 LLAMA = Family(
     name="llama",
-    architectures=("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"),
-    model_types=("llama", "mistral", "qwen2"),
+    architectures=("LlamaForCausalLM", "MistralForCausalLM"),
+    model_types=("llama", "mistral"),
     tensors=(
         (r"model\.embed_tokens\.weight", embedding()),
-        (L + r"self_attn\.q_proj\.weight", linear("q", "hidden", q_scaled=True)),
-        (L + r"self_attn\.q_proj\.bias", bias("q", q_scaled=True)),
-        (L + r"self_attn\.[kv]_proj\.weight", linear("kv", "hidden")),
-        (L + r"self_attn\.[kv]_proj\.bias", bias("kv")),
-        (L + r"self_attn\.o_proj\.weight", linear("hidden", "q")),
-        (L + r"self_attn\.o_proj\.bias", bias("hidden")),
-        (L + r"mlp\.(gate|up)_proj\.weight", linear("ffn", "hidden")),
-        (L + r"mlp\.(gate|up)_proj\.bias", bias("ffn")),
-        (L + r"mlp\.down_proj\.weight", linear("hidden", "ffn")),
-        (L + r"mlp\.down_proj\.bias", bias("hidden")),
+        *attention(),
+        *gated_mlp(),
         (L + r"(input|post_attention)_layernorm\.weight", norm()),
         (r"model\.norm\.weight", norm()),
         (r"lm_head\.weight", head()),
@@ -72,4 +90,16 @@ LLAMA = Family(
     embedding_name=r"model\.embed_tokens\.weight",
     tie_keepers=(r"model\.norm\.weight",),
     ignored=(L + r"self_attn\.rotary_emb\.inv_freq", r"model\.rotary_emb\.inv_freq"),
+)
+
+# Qwen2: Llama's layout with q/k/v biases, GQA, tied embeddings in the small sizes.
+QWEN2 = replace(LLAMA, name="qwen2", architectures=("Qwen2ForCausalLM",), model_types=("qwen2",))
+
+# Qwen3: RMSNorms on q and k over each head's head_dim, which heads never widen.
+QWEN3 = replace(
+    LLAMA,
+    name="qwen3",
+    architectures=("Qwen3ForCausalLM",),
+    model_types=("qwen3",),
+    tensors=(*LLAMA.tensors, (L + r"self_attn\.[qk]_norm\.weight", norm("head"))),
 )

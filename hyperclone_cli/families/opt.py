@@ -68,5 +68,5 @@ OPT = Family(
     # after it (350m has project_out and no final norm).
     tie_keepers=(D + r"project_out\.weight", D + r"final_layer_norm\.(weight|bias)"),
     default_tie=True,
-    supports_kv_keep=True,
+    supports_kv_keep=False,  # no grouped-query attention: k/v have as many heads as q
 )
