@@ -3,9 +3,9 @@
 Reading: a Hugging Face directory with `config.json` and single or sharded `*.safetensors`
 (with their index) or `pytorch_model*.bin`. safetensors headers are parsed and checked
 here (offsets inside the file, no overlaps, sizes that match shapes) and each tensor is
-read with one positioned read into its own buffer: no memory map whose pages would pile up
-in the process's RSS. `.bin` files are loaded with `weights_only=True`, so a pickle that
-would run code is refused before it runs.
+mapped on its own (or read with one positioned read, for a device): no map of whole files
+whose pages would pile up in the process's RSS. `.bin` files are loaded with
+`weights_only=True`, so a pickle that would run code is refused before it runs.
 
 Writing: safetensors shards whose header is emitted first, from the plan, followed by each
 tensor's bytes as they are produced, so no shard is ever held in memory. The bytes are
@@ -15,15 +15,18 @@ hashed on the way out for the model card.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
+import mmap
 import os
 import pickle
 import re
 import warnings
 import zipfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,7 @@ ST_DTYPES: dict[str, torch.dtype] = {
 TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger claims are refused unread
+WRITEBACK_BYTES = 64 * 1024 * 1024  # ShardWriter starts the disk write every this many bytes
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -87,6 +91,8 @@ class Checkpoint:
         info = self.tensors[name]
         if self.format == "bin":
             return self._read_bin(info).to(device)
+        if str(device) == "cpu" and info.nbytes and info.start % _itemsize(info.dtype) == 0:
+            return self._map(info)
         out = torch.empty(info.shape, dtype=info.dtype, pin_memory=_pin(device))
         buf = out.view(-1).view(torch.uint8).numpy() if info.nbytes else None
         try:
@@ -94,12 +100,53 @@ class Checkpoint:
                 f.seek(info.start)
                 got = f.readinto(buf) if buf is not None else 0
         except OSError as e:
-            raise HypercloneError(f"cannot read {info.file}: {e.strerror}", code=EXIT_IO) from e
+            raise HypercloneError(
+                f"{info.file}: cannot read ({e.strerror}); check the file and its permissions",
+                code=EXIT_IO,
+            ) from e
         if got != info.nbytes:
             raise HypercloneError(
                 f"{info.file.name}: tensor {name} is truncated ({got} of {info.nbytes} bytes)"
             )
         return out.to(device, non_blocking=True) if str(device) != "cpu" else out
+
+    def _map(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor's own pages of the file, mapped copy-on-write: no read() copy into
+        fresh memory. The mapping, and its pages in RSS, go with the tensor's last reference,
+        so only the tensors in use are mapped, never the whole checkpoint."""
+        try:
+            with open(info.file, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < info.start + info.nbytes:
+                    got = max(0, size - info.start)
+                    raise HypercloneError(
+                        f"{info.file.name}: tensor {info.name} is truncated "
+                        f"({got} of {info.nbytes} bytes)"
+                    )
+                base = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+                length = info.start + info.nbytes - base
+                pages = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY, offset=base)
+        except OSError as e:
+            raise HypercloneError(
+                f"{info.file}: cannot read ({e.strerror}); check the file and its permissions",
+                code=EXIT_IO,
+            ) from e
+        raw = torch.frombuffer(
+            pages, dtype=torch.uint8, offset=info.start - base, count=info.nbytes
+        )
+        return raw.view(info.dtype).view(info.shape)
+
+    def prefetch(self, name: str) -> None:
+        """Hint the kernel to start reading a tensor needed next; returns at once."""
+        info = self.tensors.get(name)
+        if info is None or self.format != "safetensors" or not hasattr(os, "posix_fadvise"):
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(info.file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, info.start, info.nbytes, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
     def _read_bin(self, info: TensorInfo) -> torch.Tensor:
         if self._bin_cache is None or self._bin_cache[0] != info.file:
@@ -139,7 +186,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_dir():
         raise HypercloneError(f"{path}: not a directory; give the checkpoint's folder")
     if not os.access(path, os.R_OK | os.X_OK):
-        raise HypercloneError(f"{path}: not readable (permission denied)", code=EXIT_IO)
+        raise HypercloneError(
+            f"{path}: not readable (permission denied); check its permissions", code=EXIT_IO
+        )
     config = read_config(path)
     files = sorted(p for p in path.iterdir() if p.is_file())
     st_files = [p for p in files if p.suffix == ".safetensors"]
@@ -162,6 +211,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         for p in files
         if p not in weights and p.name != "config.json" and not p.name.endswith(WEIGHT_SUFFIXES)
     ]
+    for p in other:  # copied at the end: find out now, before any work
+        if not os.access(p, os.R_OK):
+            raise HypercloneError(
+                f"{p}: not readable (permission denied); check its permissions", code=EXIT_IO
+            )
     return Checkpoint(path, config, tensors, weight_files, other, fmt)
 
 
@@ -254,7 +308,10 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
                 )
             raw = f.read(n)
     except OSError as e:
-        raise HypercloneError(f"cannot read {file}: {e.strerror}", code=EXIT_IO) from e
+        raise HypercloneError(
+            f"{file}: cannot read ({e.strerror}); check the file and its permissions",
+            code=EXIT_IO,
+        ) from e
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -401,15 +458,34 @@ class ShardWriter:
         self.expected = len(head) + sum(e.nbytes for e in entries)
         self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.written = 0
+        self._flushed = 0  # bytes handed to the kernel's writeback so far
         self._emit(memoryview(head))
 
     def _emit(self, data: memoryview) -> None:
+        # sha256 costs about as much CPU as the write: hash on another thread meanwhile
+        hashing = _hasher().submit(self.sha256.update, data) if data.nbytes >= 1 << 20 else None
         try:
             self._file.write(data)
         except OSError as e:  # name the file: a failed write() does not (ENOSPC, EIO)
             raise OSError(e.errno, e.strerror, str(self.path)) from e
-        self.sha256.update(data)
+        finally:
+            if hashing is not None:
+                hashing.result()
+        if hashing is None:
+            self.sha256.update(data)
         self.written += data.nbytes
+        if self.written - self._flushed >= WRITEBACK_BYTES:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Start writing the new dirty pages to disk now, while computing goes on, instead
+        of all at the fsync in close() (the kernel waits for ~10% of RAM to be dirty).
+        Linux's POSIX_FADV_DONTNEED does that, and keeps pages that are still dirty."""
+        if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):  # a hint: write errors surface in write/close
+                n = self.written - self._flushed
+                os.posix_fadvise(self._file.fileno(), self._flushed, n, os.POSIX_FADV_DONTNEED)
+        self._flushed = self.written
 
     def write(self, chunk: torch.Tensor) -> None:
         if chunk.device.type != "cpu":
@@ -435,6 +511,11 @@ class ShardWriter:
     def abort(self) -> None:
         with contextlib.suppress(OSError):  # buffered bytes may not fit either (ENOSPC)
             self._file.close()
+
+
+@functools.cache
+def _hasher() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="hyperclone-sha256")
 
 
 def check_written_shard(path: Path, entries: list[Entry], expected_size: int) -> None:

@@ -213,7 +213,10 @@ def verify(
     ] = None,
     streamed: Annotated[
         bool | None,
-        typer.Option("--streamed/--full", help="One layer at a time (default: when RAM is short)."),
+        typer.Option(
+            "--streamed/--full",
+            help="Load one module's weights at a time (default: when RAM is short).",
+        ),
     ] = None,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.cpu,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

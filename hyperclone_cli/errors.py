@@ -41,6 +41,6 @@ class Interrupted(HypercloneError):
 
         name = signal.Signals(signum).name
         super().__init__(
-            f"interrupted by {name}; nothing was written",
+            f"interrupted by {name}; nothing was left behind and the source is untouched",
             code=EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM,
         )

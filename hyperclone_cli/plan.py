@@ -243,7 +243,8 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         role = family.role_of(name)
         if role is None:
             raise HypercloneError(
-                f"tensor {name} is not mapped by the {family.name} family; refusing to drop it "
+                f"{info.file.name}: tensor {name} is not mapped by the {family.name} family; "
+                "refusing to drop it "
                 "silently (is this checkpoint a variant hyperclone does not support yet?)"
             )
         if role.kind == "head" and tied:
@@ -255,7 +256,8 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             )
         if info.dtype not in FLOAT_DTYPES:
             raise HypercloneError(
-                f"tensor {name} has dtype {info.dtype}, which hyperclone cannot widen"
+                f"{info.file.name}: tensor {name} has dtype {info.dtype}, which hyperclone "
+                "cannot widen (only floating-point weights are cloned)"
             )
         axes = tuple(
             _axis(space, side, info.shape[k], maps, name, k)

@@ -125,7 +125,7 @@ def load_recipe(path: str | Path | None = None, **overrides: object) -> Recipe:
     except ValidationError as e:
         key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else ""
         if key in flags:
-            where = f"option --{key.replace('_', '-')}"
+            where = f"option --{_FLAGS.get(key, key).replace('_', '-')}"
             raise HypercloneError(
                 _one_line(e, where).replace(f"{where}: {key}: ", f"{where}: ")
             ) from e

@@ -134,6 +134,16 @@ def test_matrix_bytes_match_the_float32_route(dtype, rows_kind, cols_kind):
             same(list(expand(x, axes, **kw)), reference(x, axes, **kw))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows_kind", KINDS)
+def test_input_side_on_rows_matches(dtype, rows_kind):
+    """GPT-2's Conv1D stores the widened input side as axis 0."""
+    w = torch.nan_to_num(awkward((12, 10), dtype, seed=KINDS.index(rows_kind)))
+    axes = (side(maps(12, rows_kind), IN), maps(10, "tile"))
+    for scale in (1.0, 0.5):
+        same(list(expand(w, axes, scale=scale)), reference(w, axes, scale=scale))
+
+
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
 @pytest.mark.parametrize(
     "kw",

@@ -28,6 +28,7 @@ from transformers import (
 
 from hyperclone_cli.errors import HypercloneError
 from hyperclone_cli.expand import expand
+from hyperclone_cli.families import FAMILIES
 from hyperclone_cli.inspect import inspect
 
 # Shared sizes: hidden 32, 4 heads of 8, 2 layers, vocab 96.
@@ -153,22 +154,25 @@ MODELS = {
 }
 
 
+FAMILIES_BY_NAME = {f.name: f for f in FAMILIES}
+
 # variants of a layout tested above: factors and KV handling only
 LIGHT = {"llama-mha", "gemma2", "gemma3", "qwen3", "opt-post-ln", "neox-sequential"}
 
 
 def _cases() -> list:
     cases = []
-    for name, (_, _, rotary, gqa, tied) in MODELS.items():
+    for name, (_, fam, rotary, _, tied) in MODELS.items():
+        keep = FAMILIES_BY_NAME[fam].supports_kv_keep  # GQA, MQA, or MHA made GQA
         opts: list[dict] = [{"factor": 2}, {"factor": 3}]
         if name in LIGHT:
-            opts += [{"factor": 2, "kv_heads": "keep"}] if gqa else []
+            opts += [{"factor": 2, "kv_heads": "keep"}] if keep else []
             cases += [pytest.param(name, o, id=f"{name}-" + _id(o)) for o in opts]
             continue
         opts.append({"factor": 2, "layout": "diagonal"})
         opts.append({"factor": 2, "noise": 10.0})
         opts.append({"factor": 2, "ffn_factor": 4})
-        if gqa:
+        if keep:
             opts += [{"factor": 2, "kv_heads": "keep"}, {"factor": 3, "kv_heads": "keep"}]
         if not rotary:
             opts += [{"factor": 2, "attention": "head-dim"}, {"factor": 3, "attention": "head-dim"}]

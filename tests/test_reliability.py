@@ -178,6 +178,7 @@ def assert_error(r, code: int, *needles: str, dst: Path | None = None) -> str:
     assert "Traceback" not in r.stderr, r.stderr
     assert len(lines) == 1, r.stderr
     line = lines[0]
+    print(line)  # shown with `pytest -rP`: the messages users see
     assert line.startswith("hyperclone: error: "), line
     for needle in needles:
         assert needle in line, (needle, line)
@@ -490,7 +491,7 @@ def test_bad_factor(value, code, src, dst):
         ("factr: 2\n", ("unknown key 'factr'", "known keys")),
         ("factor: two\n", ("factor", "valid integer")),
         ("noise: loud\n", ("noise", "valid number")),
-        ("verify: maybe\n", ("verify", "valid boolean")),
+        ("seed: 1.5\n", ("seed", "fractional part")),
         ("attention: sideways\n", ("attention", "head-dim")),
         ("- factor\n", ("expected a mapping",)),
         ("factor: [2\n", ("not valid YAML",)),
@@ -525,6 +526,25 @@ def test_force_replaces_a_checkpoint_once_complete(src, dst, models):
     assert r.returncode == 0, r.stderr
     assert not (dst / "old.txt").exists() and not leftovers(dst)
     assert json.loads((dst / "config.json").read_text())["hidden_size"] == 64
+
+
+SIGTERM_DURING_SWAP = """
+import os, signal
+_rename = os.rename
+def rename(a, b):
+    _rename(a, b)
+    if str(b).endswith('.old'):  # the old DST is out, the new one not yet in
+        os.kill(os.getpid(), signal.SIGTERM)
+os.rename = rename
+"""
+
+
+def test_signal_during_the_force_swap_never_leaves_it_half_done(src, dst, models):
+    shutil.copytree(models["single"], dst)
+    r = run("expand", src, dst, "--no-verify", "--force", src=src, patch=SIGTERM_DURING_SWAP)
+    assert_error(r, 143, "interrupted by SIGTERM after", "complete", "kept")
+    assert json.loads((dst / "config.json").read_text())["hidden_size"] == 64
+    assert (dst / "model.safetensors").is_file() and not leftovers(dst)
 
 
 def test_force_refuses_to_replace_a_directory_that_is_not_a_checkpoint(src, dst):
@@ -575,16 +595,19 @@ def test_dst_parent_not_writable(src, tmp_path):
     assert_error(r, 4, str(parent), "not writable", dst=parent / "out")
 
 
-@pytest.mark.parametrize("what", ["directory", "weights"])
+@pytest.mark.parametrize("what", ["", "model.safetensors", "generation_config.json"])
 def test_src_unreadable(what, src, dst):
+    """The directory, a weight file, or a file that is only copied at the end (checked
+    up front, so no work is wasted)."""
     prefix = _unprivileged()
-    target = src if what == "directory" else src / "model.safetensors"
+    target = src / what if what else src
     before = tree_hashes(src)
+    mode = target.stat().st_mode
     target.chmod(0)
     try:
         r = run("expand", src, dst, "--no-verify", prefix=prefix)
     finally:
-        target.chmod(0o755 if what == "directory" else 0o644)
+        target.chmod(mode)
     assert_error(r, 4, str(target), dst=dst)
     assert tree_hashes(src) == before
 

@@ -43,7 +43,8 @@ def loss_plot(results: dict, path: str) -> None:
         label = f"{name} (lr {lr}) final {c['val_loss'][-1]:.3f}"
         row = head.get("arms", {}).get(name, {})
         if row.get("speedup"):
-            label += f", reaches random's final at {row['steps_to_random_final']} ({row['speedup']:.2f}x)"
+            r, x = row["steps_to_random_final"], row["speedup"]
+            label += f", reaches random's final at {r} ({x:.2f}x)"
         elif row.get("steps_to_random_final") == 0:
             label += ", below random's final from step 0"
         col = _color(name, i)
@@ -90,7 +91,7 @@ def sweep_plot(results: dict, path: str) -> None:
     if len(names) == 1:
         axes = [axes]
     curves = []
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=False):
         for j, (lr, c) in enumerate(arms[name]["runs"].items()):
             best = lr == arms[name].get("best_lr")
             ax.plot(
@@ -154,7 +155,55 @@ def symmetry_plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _f(x, fmt):
+    return "—" if x is None else format(x, fmt)
+
+
+def headline_table(results: dict) -> str:
+    """The headline as a Markdown table (also written to headline.md)."""
+    head = results.get("headline", {})
+    if "arms" not in head:
+        return ""
+    n = head["random_steps"]
+    cost = head["small_cost_in_wide_steps_flops"]
+    lines = [
+        f"Random init: best peak LR {head['random_best_lr']:g}, final validation loss "
+        f"**{head['random_final_val_loss']:.3f}** after {n} steps. Small model: "
+        f"{head['small_steps']} steps, final {head['small_final_val_loss']:.3f}; its training "
+        f"costs {cost:.0f} wide-step equivalents in FLOPs "
+        f"({head['small_cost_flops_ratio']:.2f} per step).",
+        "",
+        "| arm | best peak LR | final val loss | gap vs random | steps to random's final "
+        "| speed-up | speed-up, small model's cost counted |",
+        "|---|---|---|---|---|---|---|",
+        f"| random init | {head['random_best_lr']:g} | {head['random_final_val_loss']:.3f} | — "
+        f"| {n} | 1.00x | 1.00x |",
+    ]
+    for name, r in head["arms"].items():
+        reach = r["steps_to_random_final"]
+        if reach == 0:
+            sp = "already below at step 0"
+        else:
+            sp = _f(r["speedup"], ".2f") + ("x" if r["speedup"] else " (never)")
+        spc = r["speedup_counting_small_flops"]
+        lines.append(
+            f"| {name} | {r['best_lr']:g} | {r['final_val_loss']:.3f} "
+            f"| {r['final_loss_gap_vs_random']:+.3f} | {_f(reach, 'd')} | {sp} "
+            f"| {_f(spc, '.2f')}{'x' if spc else ''} |"
+        )
+    lines += [
+        "",
+        f'Validation every {head["eval_every"]} steps; "steps to random\'s final" is the first '
+        "evaluation at or below the random-init model's final loss; gap > 0 = better than random.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def make_all(results: dict, out: str) -> None:
+    table = headline_table(results)
+    if table:
+        with open(os.path.join(out, "headline.md"), "w") as fh:
+            fh.write(table)
     loss_plot(results, os.path.join(out, "loss.png"))
     symmetry_plot(results, os.path.join(out, "symmetry.png"))
     sweep_plot(results, os.path.join(out, "lr_sweep.png"))

@@ -29,22 +29,21 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import torch  # noqa: E402
-
 import speedup_lib as L  # noqa: E402
+import torch  # noqa: E402
 
 FULL = dict(
     vocab=1024,
     seq=128,
     batch=16,
-    small_steps=1500,
+    small_steps=800,
     small_lr=3e-3,
     small_warmup=100,
-    wide_steps=1500,
+    wide_steps=800,
     lrs=[1e-3, 3e-3],
     warmup=100,
-    snrs=[20.0, 10.0, 3.0],
-    eval_every=50,
+    snrs=[10.0, 3.0],
+    eval_every=40,
     eval_windows=256,
     verify=True,
 )
@@ -67,7 +66,14 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline only")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     p.add_argument("--work", default=os.path.join(HERE, "work"), help="checkpoints, caches")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads in all")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="wide runs trained at once (each with threads/jobs threads); 2 single-thread "
+        "workers beat one 2-thread process on tiny models, most of all on a busy machine",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small-steps", type=int)
     p.add_argument("--small-lr", type=float)
@@ -79,7 +85,6 @@ def parse_args(argv=None):
     p.add_argument("--arms", nargs="+", help="subset of arms to run (random, clone, clone-10dB…)")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--eval-windows", type=int)
-    p.add_argument("--reuse-small", action="store_true", help="reuse a cached small model")
     return p.parse_args(argv)
 
 
@@ -94,18 +99,33 @@ def hyperclone_cmd() -> list[str]:
     return [sys.executable, "-m", "hyperclone_cli"]
 
 
-def run_cli(args: list[str], log) -> tuple[str, float]:
+WIDE_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "num_hidden_layers",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+
+
+def run_cli(args: list[str], log) -> tuple[str, float, dict | None]:
     cmd = hyperclone_cmd() + args
     log("$ " + " ".join(cmd))
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.time() - t0
-    tail = (r.stdout + r.stderr).strip()
     if r.returncode != 0:
-        raise SystemExit(f"hyperclone failed ({r.returncode}):\n{tail}")
-    if tail:
-        log("  " + tail.replace("\n", "\n  ")[-1500:])
-    return " ".join(cmd), dt
+        raise SystemExit(f"hyperclone failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    try:
+        report = json.loads(r.stdout)
+    except ValueError:
+        report = None
+    v = (report or {}).get("verify") or {}
+    log(f"  done in {dt:.1f} s; verify: {v.get('summary', 'skipped')}")
+    return " ".join(cmd), dt, report
 
 
 def main(argv=None) -> int:
@@ -118,7 +138,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
     os.makedirs(a.work, exist_ok=True)
-    logf = open(os.path.join(a.out, "log.txt"), "w")
+    open(os.path.join(a.out, "log.txt"), "w").close()
+    logf = open(os.path.join(a.out, "log.txt"), "a")  # noqa: SIM115 (workers append too)
 
     def log(msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
@@ -139,84 +160,40 @@ def main(argv=None) -> int:
         f"{data['bytes_per_token_train']:.2f} bytes/token; eval on {len(windows)}x{seq} tokens"
     )
 
-    # ---- small model
+    # ---- configs: the small model, and the wide one the CLI will produce (x2 width, x2 heads)
     arch = L.SmallArch(vocab_size=cfg["vocab"], max_positions=max(256, seq))
     small_cfg = L.small_config(arch)
-    small_key = {k: cfg[k] for k in ("vocab", "seq", "batch", "small_steps", "small_lr")}
-    small_key.update(small_warmup=cfg["small_warmup"], seed=a.seed)
-    small_hash = hashlib.sha1(json.dumps(small_key, sort_keys=True).encode()).hexdigest()[:8]
-    small_dir = os.path.join(a.work, f"small-{small_hash}")
-    small_meta_path = os.path.join(small_dir, "experiment.json")
-    # Clones go to a folder of their own per results directory, so runs never share them.
-    out_hash = hashlib.sha1(os.path.abspath(a.out).encode()).hexdigest()[:8]
-    clone_root = os.path.join(a.work, f"clones-{out_hash}")
-    small_curve = None
-    if a.reuse_small and os.path.exists(small_meta_path):
-        with open(small_meta_path) as fh:
-            meta = json.load(fh)
-        if meta.get("key") == small_key:
-            small_curve = meta["curve"]
-            log(f"reusing small model {small_dir}")
-    if small_curve is None:
-        small = L.new_model(small_cfg, seed=a.seed + 1)
-        offs = L.batch_offsets(len(data["train"]), cfg["small_steps"], batch, seq, a.seed + 1)
-        log(f"small model: {sum(p.numel() for p in small.parameters()):,} parameters")
-        small_curve = L.train(
-            small,
-            data["train"],
-            offs,
-            windows,
-            lr=cfg["small_lr"],
-            warmup=cfg["small_warmup"],
-            eval_every=cfg["eval_every"],
-            log=log,
-            tag="small",
+    wide_cfg = L.small_config(
+        L.SmallArch(
+            vocab_size=arch.vocab_size,
+            hidden=2 * arch.hidden,
+            intermediate=2 * arch.intermediate,
+            layers=arch.layers,
+            heads=2 * arch.heads,
+            head_dim=arch.head_dim,
+            max_positions=arch.max_positions,
         )
-        if os.path.exists(small_dir):
-            shutil.rmtree(small_dir)
-        small.save_pretrained(small_dir, safe_serialization=True)
-        with open(small_meta_path, "w") as fh:
-            json.dump({"key": small_key, "curve": small_curve}, fh)
-        del small
-    small_final = small_curve["val_loss"][-1]
-
-    # ---- widen through the CLI
-    arms: dict[str, dict] = {}
-    clone_specs = [("clone", None)] + [(f"clone-{s:g}dB", s) for s in cfg["snrs"]]
-    wanted = set(a.arms) if a.arms else None
-    for name, snr in clone_specs:
-        # The no-noise clone is always made: the random arm copies its config.
-        if wanted and name not in wanted and name != "clone":
-            continue
-        dst = os.path.join(clone_root, name)
-        os.makedirs(clone_root, exist_ok=True)
-        cli = ["expand", small_dir, dst, "--factor", "2", "--seed", str(a.seed), "--force"]
-        if snr is not None:
-            cli += ["--noise", f"{snr:g}"]
-        if not cfg["verify"]:
-            cli += ["--no-verify"]
-        cmdline, secs = run_cli(cli, log)
-        arms[name] = {"kind": "clone", "snr_db": snr, "path": dst, "cli": cmdline, "cli_s": secs}
-    any_clone = arms["clone"]["path"]
-    if wanted and "clone" not in wanted:
-        del arms["clone"]
-    if not wanted or "random" in wanted:
-        arms["random"] = {"kind": "random", "snr_db": None, "path": None}
-
-    from transformers import AutoConfig
-
-    wide_cfg = AutoConfig.from_pretrained(any_clone)
+    )
     small_shapes = L.shapes_of(L.new_model(small_cfg, seed=0))
-    probe = L.symmetry_probe(small_shapes, factor=2)
     flops_small = L.matmul_flops_per_token(small_cfg, seq)
     flops_wide = L.matmul_flops_per_token(wide_cfg, seq)
+    # Checkpoints go to a folder of their own per results directory: runs never share them.
+    out_hash = hashlib.sha1(os.path.abspath(a.out).encode()).hexdigest()[:8]
+    clone_root = os.path.join(a.work, f"run-{out_hash}")
+    os.makedirs(clone_root, exist_ok=True)
+    small_dir = os.path.join(clone_root, "small")
+    wanted = set(a.arms) if a.arms else None
+    clone_specs = [("clone", None)] + [(f"clone-{s:g}dB", s) for s in cfg["snrs"]]
+    clone_specs = [c for c in clone_specs if not wanted or c[0] in wanted]
+    arm_names = [n for n, _ in clone_specs]
+    if not wanted or "random" in wanted:
+        arm_names = ["random"] + arm_names
 
-    # ---- train the wide arms: same batches, same schedule shape, same LR sweep
-    offs = L.batch_offsets(len(data["train"]), cfg["wide_steps"], batch, seq, a.seed + 2)
     results = {
         "config": cfg,
         "seed": a.seed,
         "threads": a.threads,
+        "jobs": a.jobs,
         "quick": a.quick,
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
         "data": {
@@ -227,57 +204,133 @@ def main(argv=None) -> int:
         "small": {
             "params": sum(_numel(s) for s in small_shapes.values()),
             "flops_per_token": flops_small,
-            "curve": small_curve,
-            "final_val_loss": small_final,
+            "config": small_cfg.to_diff_dict(),
         },
         "wide": {
-            "params": None,
+            "params": sum(p.numel() for p in L.new_model(wide_cfg, seed=0).parameters()),
             "flops_per_token": flops_wide,
-            "config": {
-                k: getattr(wide_cfg, k, None)
-                for k in (
-                    "hidden_size",
-                    "intermediate_size",
-                    "num_attention_heads",
-                    "num_key_value_heads",
-                    "head_dim",
-                    "num_hidden_layers",
-                )
-            },
+            "config": {k: getattr(wide_cfg, k) for k in WIDE_KEYS},
         },
         "arms": {},
     }
     out_json = os.path.join(a.out, "results.json")
-    for name, arm in arms.items():
-        runs = {}
-        for lr in cfg["lrs"]:
-            if arm["kind"] == "clone":
-                model = L.load_model(arm["path"])
-            else:
-                model = L.new_model(wide_cfg, seed=a.seed + 3)
-            results["wide"]["params"] = sum(p.numel() for p in model.parameters())
-            curve = L.train(
-                model,
-                data["train"],
-                offs,
-                windows,
-                lr=lr,
-                warmup=cfg["warmup"],
-                eval_every=cfg["eval_every"],
-                symmetry=probe,
-                log=log,
-                tag=f"{name} lr={lr:g}",
-            )
-            runs[f"{lr:g}"] = curve
-            del model
-            results["arms"][name] = {k: v for k, v in arm.items() if k != "path"} | {"runs": runs}
-            L.dump_json(results, out_json)
-        ok = {k: r for k, r in runs.items() if "diverged" not in r}
-        best = min(ok or runs, key=lambda k: runs[k]["val_loss"][-1])
-        results["arms"][name]["best_lr"] = best
-        results["arms"][name]["final_val_loss"] = runs[best]["val_loss"][-1]
-        results["arms"][name]["step0_val_loss"] = runs[best]["val_loss"][0]
 
+    common = dict(
+        warmup=cfg["warmup"],
+        eval_every=cfg["eval_every"],
+        eval_windows=cfg["eval_windows"],
+        vocab=cfg["vocab"],
+        seq=seq,
+        batch=batch,
+        work=a.work,
+        log_path=os.path.join(a.out, "log.txt"),
+        threads=max(1, a.threads // a.jobs),
+    )
+    small_job = dict(
+        common,
+        name="small",
+        lr=cfg["small_lr"],
+        warmup=cfg["small_warmup"],
+        steps=cfg["small_steps"],
+        batch_seed=a.seed + 1,
+        init_seed=a.seed + 1,
+        config=small_cfg.to_dict(),
+        save_to=small_dir,
+    )
+
+    def wide_job(name, lr, path):
+        return dict(
+            common,
+            name=name,
+            lr=lr,
+            path=path,
+            config=wide_cfg.to_dict(),
+            init_seed=a.seed + 3,
+            batch_seed=a.seed + 2,  # the same batches for every wide run
+            steps=cfg["wide_steps"],
+            small_shapes=small_shapes,
+        )
+
+    def collect(job, curve):
+        if job["name"] == "small":
+            results["small"]["curve"] = curve
+            results["small"]["final_val_loss"] = curve["val_loss"][-1]
+            L.dump_json(results, out_json)
+            return
+        arm = results["arms"][job["name"]]
+        arm["runs"][f"{job['lr']:g}"] = curve
+        if len(arm["runs"]) == len(cfg["lrs"]):
+            runs = {f"{lr:g}": arm["runs"][f"{lr:g}"] for lr in cfg["lrs"]}  # sweep order
+            arm["runs"] = runs
+            ok = {k: r for k, r in runs.items() if "diverged" not in r}
+            best = min(ok or runs, key=lambda k: runs[k]["val_loss"][-1])
+            arm["best_lr"] = best
+            arm["final_val_loss"] = runs[best]["val_loss"][-1]
+            arm["step0_val_loss"] = runs[best]["val_loss"][0]
+        L.dump_json(results, out_json)
+
+    def widen():
+        """After the small model exists: widen it through the CLI, once per clone arm."""
+        jobs = []
+        for name, snr in clone_specs:
+            dst = os.path.join(clone_root, name)
+            cli = ["expand", small_dir, dst, "--factor", "2", "--seed", str(a.seed), "--force"]
+            cli += ["--json"]
+            if snr is not None:
+                cli += ["--noise", f"{snr:g}"]
+            if not cfg["verify"]:
+                cli += ["--no-verify"]
+            cmdline, secs, report = run_cli(cli, log)
+            got = L.load_config(dst)
+            for k in WIDE_KEYS:  # the random arm must be the very same architecture
+                if getattr(got, k) != getattr(wide_cfg, k):
+                    raise SystemExit(
+                        f"{dst}: {k}={getattr(got, k)}, expected {getattr(wide_cfg, k)}"
+                    )
+            results["arms"][name] = {
+                "kind": "clone",
+                "snr_db": snr,
+                "cli": cmdline,
+                "cli_seconds": secs,
+                "cli_verify": (report or {}).get("verify"),
+                "runs": {},
+            }
+            jobs += [wide_job(name, lr, dst) for lr in cfg["lrs"]]
+        return jobs
+
+    # Work list: the small model and the random arm need nothing, so they start at once;
+    # the clones follow as soon as the small model is trained and widened.
+    if "random" in arm_names:
+        results["arms"]["random"] = {"kind": "random", "snr_db": None, "runs": {}}
+    first = [small_job] + [
+        wide_job("random", lr, None) for lr in cfg["lrs"] if "random" in arm_names
+    ]
+    log(
+        f"{len(first) + len(clone_specs) * len(cfg['lrs'])} runs on {a.jobs} worker(s) x "
+        f"{common['threads']} thread(s); arms {arm_names}; peak LRs {cfg['lrs']}"
+    )
+    if a.jobs <= 1:
+        collect(small_job, L.train_job(small_job))
+        for job in first[1:] + widen():
+            collect(job, L.train_job(job))
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futs = {pool.submit(L.train_job, job): job for job in first}
+            while futs:
+                done, _ = cf.wait(futs, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    job = futs.pop(fut)
+                    collect(job, fut.result())
+                    if job["name"] == "small":
+                        for j in widen():
+                            futs[pool.submit(L.train_job, j)] = j
+    small_curve = results["small"]["curve"]
+
+    # The order of the arms in the JSON: random first, then the clones by noise.
+    results["arms"] = {n: results["arms"][n] for n in arm_names}
     results["headline"] = headline(results, cfg, small_curve, flops_small / flops_wide)
     results["seconds_total"] = time.time() - t_start
     L.dump_json(results, out_json)
@@ -335,7 +388,9 @@ def headline(results: dict, cfg: dict, small_curve: dict, flop_ratio: float) -> 
             "final_val_loss": arm["final_val_loss"],
             "final_loss_gap_vs_random": target - arm["final_val_loss"],
             "step0_val_loss": curve["val_loss"][0],
-            "peak_val_loss_after_clone": max(curve["val_loss"][1:]) if len(curve["val_loss"]) > 1 else None,
+            "peak_val_loss_after_clone": max(curve["val_loss"][1:])
+            if len(curve["val_loss"]) > 1
+            else None,
             "steps_to_random_final": reach,
             "speedup": (n_rand / reach) if reach else None,  # None: never, or at step 0
             "below_random_final_at_step0": reach == 0,
@@ -362,7 +417,8 @@ def headline(results: dict, cfg: dict, small_curve: dict, flop_ratio: float) -> 
         reached = {k: v for k, v in clones.items() if v["steps_to_random_final"] is not None}
         if reached:
             out["best_clone_by_speedup"] = min(
-                reached, key=lambda k: (reached[k]["steps_to_random_final"], reached[k]["final_val_loss"])
+                reached,
+                key=lambda k: (reached[k]["steps_to_random_final"], reached[k]["final_val_loss"]),
             )
     return out
 

@@ -294,6 +294,57 @@ def train(
     return curve
 
 
+def load_config(path: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
+
+
+def train_job(job: dict) -> dict:
+    """One training run (the small model, or a wide arm at one peak LR), in a worker process."""
+    from transformers import LlamaConfig
+
+    torch.set_num_threads(job["threads"])
+    data = build_data(job["work"], job["vocab"])
+    windows = val_windows(data["val"], job["seq"], job["eval_windows"])
+    offsets = batch_offsets(
+        len(data["train"]), job["steps"], job["batch"], job["seq"], job["batch_seed"]
+    )
+    if job.get("path"):
+        model = load_model(job["path"])
+    else:
+        model = new_model(LlamaConfig.from_dict(job["config"]), seed=job["init_seed"])
+    logf = open(job["log_path"], "a")  # noqa: SIM115
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    shapes = job.get("small_shapes")
+    curve = train(
+        model,
+        data["train"],
+        offsets,
+        windows,
+        lr=job["lr"],
+        warmup=job["warmup"],
+        eval_every=job["eval_every"],
+        symmetry=symmetry_probe(shapes, factor=2) if shapes else None,
+        log=log,
+        tag=f"{job['name']} lr={job['lr']:g}",
+    )
+    if job.get("save_to"):
+        if os.path.exists(job["save_to"]):
+            import shutil
+
+            shutil.rmtree(job["save_to"])
+        model.save_pretrained(job["save_to"], safe_serialization=True)
+    logf.close()
+    return curve
+
+
 # ----------------------------------------------------------------------------- symmetry
 
 
@@ -352,7 +403,7 @@ def shapes_of(model) -> dict[str, tuple[int, ...]]:
 
 def first_step_reaching(curve: dict, target: float) -> int | None:
     """First evaluated step whose validation loss is <= target (None if never)."""
-    for s, v in zip(curve["step"], curve["val_loss"]):
+    for s, v in zip(curve["step"], curve["val_loss"], strict=False):
         if v <= target:
             return s
     return None

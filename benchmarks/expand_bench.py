@@ -1,0 +1,473 @@
+"""Expansion speed and peak memory, side by side with the floor and the in-memory way.
+
+For each size it builds a Llama-style bf16 checkpoint (random weights, sharded) and runs,
+each in a fresh Python process so that peak RSS is that process's own (`wait4`):
+
+- `hyperclone expand --no-verify` (the CLI, as a user runs it): its own timing of the work
+  (`seconds` in `--json`, which excludes Python/torch start-up), the process's wall time,
+  and peak RSS;
+- the floor: the same target bytes, already in memory, written with
+  `safetensors.torch.save_file` into the same shards; only the writes are timed;
+- the in-memory way: `from_pretrained` the source, `from_config` the wide model, copy tiled
+  weights in, `save_pretrained` (time and peak RSS);
+- `verify` of the result, full and streamed (time and peak RSS).
+
+Both expand and the floor fsync every shard, so both times include getting the bytes to
+disk. The source is evicted from the page cache before expand (`--warm` keeps it), so
+expand also pays for reading it. Timings on a shared machine are noisy: expand and the floor
+run `--repeat` times, interleaved, and the best of each is compared.
+
+    python benchmarks/expand_bench.py [--sizes small,large] [--quick] [--out FILE]
+
+Prints one JSON document (and writes it to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FACTOR = 2
+MB = 1_000_000
+
+# Llama-style sizes: (hidden, intermediate, layers, heads, kv heads, vocab, source shard,
+# target shard). Target = 4x the parameters at factor 2 (both sides of most matrices widen).
+SIZES = {
+    "quick": dict(
+        hidden=64, ffn=176, layers=2, heads=4, kv=2, vocab=512, src_shard="200KB", dst_shard="500KB"
+    ),  # fmt: skip
+    "small": dict(
+        hidden=768,
+        ffn=2048,
+        layers=8,
+        heads=12,
+        kv=4,
+        vocab=32000,
+        src_shard="80MB",
+        dst_shard="300MB",
+    ),  # fmt: skip
+    "large": dict(
+        hidden=1024,
+        ffn=2816,
+        layers=24,
+        heads=16,
+        kv=8,
+        vocab=32000,
+        src_shard="250MB",
+        dst_shard="1GB",
+    ),  # fmt: skip
+}
+
+
+# --------------------------------------------------------------------------- children
+# Each job runs in its own process (`--child JOB ARGS`) and prints one JSON line.
+
+
+def child_build(path: str, size: dict) -> dict:
+    """A bf16 Llama checkpoint with random weights, written tensor by tensor into shards."""
+    import torch
+    from safetensors.torch import save_file
+
+    from hyperclone_cli.recipe import load_recipe
+
+    h, f, heads, kv, vocab = size["hidden"], size["ffn"], size["heads"], size["kv"], size["vocab"]
+    hd = h // heads
+    shapes = [("model.embed_tokens.weight", (vocab, h))]
+    for i in range(size["layers"]):
+        p = f"model.layers.{i}."
+        shapes += [
+            (p + "input_layernorm.weight", (h,)),
+            (p + "self_attn.q_proj.weight", (heads * hd, h)),
+            (p + "self_attn.k_proj.weight", (kv * hd, h)),
+            (p + "self_attn.v_proj.weight", (kv * hd, h)),
+            (p + "self_attn.o_proj.weight", (h, heads * hd)),
+            (p + "post_attention_layernorm.weight", (h,)),
+            (p + "mlp.gate_proj.weight", (f, h)),
+            (p + "mlp.up_proj.weight", (f, h)),
+            (p + "mlp.down_proj.weight", (h, f)),
+        ]
+    shapes += [("model.norm.weight", (h,)), ("lm_head.weight", (vocab, h))]
+    shard_bytes = load_recipe(None, shard_size=size["src_shard"]).shard_bytes
+    groups: list[list] = [[]]
+    used = 0
+    for name, shape in shapes:
+        nbytes = 2 * torch.Size(shape).numel()
+        if groups[-1] and used + nbytes > shard_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append((name, shape))
+        used += nbytes
+    out = Path(path)
+    out.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    weight_map = {}
+    for k, group in enumerate(groups):
+        file = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {}
+        for name, shape in group:
+            t = torch.randn(shape, generator=g)
+            t = 1.0 + 0.1 * t if len(shape) == 1 else t * (1.0 / shape[1] ** 0.5)
+            tensors[name] = t.to(torch.bfloat16)
+            weight_map[name] = file
+        save_file(tensors, str(out / file), metadata={"format": "pt"})
+    total = sum(2 * torch.Size(s).numel() for _, s in shapes)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": h,
+        "intermediate_size": f,
+        "num_hidden_layers": size["layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": hd,
+        "vocab_size": vocab,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    params = sum(torch.Size(s).numel() for _, s in shapes)
+    return {"params": params, "bytes": total, "shards": len(groups), "dtype": "bfloat16"}
+
+
+def child_floor(src: str, dst: str) -> dict:
+    """Write the expanded checkpoint's tensors again with safetensors, same shards, fsynced;
+    only the writes are timed (the data is in memory first)."""
+    from safetensors.torch import load_file, save_file
+
+    files = sorted(Path(src).glob("*.safetensors"))
+    data = [(f.name, load_file(str(f))) for f in files]
+    Path(dst).mkdir(parents=True)
+    start = time.perf_counter()
+    for name, tensors in data:
+        path = os.path.join(dst, name)
+        save_file(tensors, path, metadata={"format": "pt"})
+        _fsync(path)
+    seconds = time.perf_counter() - start
+    largest = max(t.numel() * t.element_size() for _, ts in data for t in ts.values())
+    params = sum(t.numel() for _, ts in data for t in ts.values())
+    nbytes = sum(f.stat().st_size for f in files)
+    return {"seconds": seconds, "largest_tensor_bytes": largest, "params": params,
+            "bytes": nbytes, "shards": len(files)}  # fmt: skip
+
+
+def child_in_memory(src: str, dst: str, shard: str) -> dict:
+    """What most scripts do: both models in memory, weights copied, save_pretrained."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    start = time.perf_counter()
+    small = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+    config = AutoConfig.from_pretrained(src)
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"):
+        setattr(config, key, getattr(config, key) * FACTOR)
+    wide = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    source = small.state_dict()
+    with torch.no_grad():
+        for name, p in wide.named_parameters():
+            w = source[name]
+            reps = [a // b for a, b in zip(p.shape, w.shape, strict=True)]
+            t = w.repeat(*reps)
+            if w.dim() == 2 and reps[1] > 1:
+                t = t / reps[1]  # widened input side: W/n per copy
+            p.copy_(t)
+    wide.save_pretrained(dst, max_shard_size=shard)
+    for f in Path(dst).iterdir():
+        _fsync(str(f))
+    return {"seconds": time.perf_counter() - start}
+
+
+def child_verify(src: str, dst: str, streamed: bool) -> dict:
+    import torch
+
+    from hyperclone_cli.verify import verify
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    start = time.perf_counter()
+    report = verify(src, dst, streamed=streamed)
+    return {"seconds": time.perf_counter() - start, "passed": bool(report.passed),
+            "mode": report.to_dict().get("mode")}  # fmt: skip
+
+
+def child_imports() -> dict:
+    """Peak RSS of Python + torch + the CLI modules alone, for reading the figures."""
+    import hyperclone_cli.cli  # noqa: F401
+    import hyperclone_cli.expand  # noqa: F401
+
+    return {}
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+CHILDREN = {
+    "build": child_build,
+    "floor": child_floor,
+    "in_memory": child_in_memory,
+    "verify": child_verify,
+    "imports": child_imports,
+}
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def run(cmd: list[str], log: Path) -> dict:
+    """Run a process to the end; its stdout's last JSON line, wall time and peak RSS."""
+    start = time.perf_counter()
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{' '.join(cmd[:4])} … exited {proc.returncode}:\n{tail}")
+    text = out.decode().strip()
+    try:
+        result = json.loads(text)  # the CLI prints one (pretty) JSON document
+    except json.JSONDecodeError:
+        result = json.loads(text.splitlines()[-1])
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    return {"result": result, "wall": wall, "peak_rss": usage.ru_maxrss * scale}
+
+
+def child(job: str, *args: object) -> list[str]:
+    return [sys.executable, __file__, "--child", job, json.dumps(args)]
+
+
+def evict(path: Path) -> None:
+    """Drop a checkpoint's files from the page cache (clean pages only, so sync first)."""
+    os.sync()
+    for f in path.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def bench_size(name: str, size: dict, work: Path, args: argparse.Namespace) -> dict:
+    log = work / "stderr.log"
+    src, out = work / f"{name}-src", work / f"{name}-out"
+    say(f"[{name}] building the source checkpoint")
+    source = run(child("build", str(src), size), log)["result"]
+    hc = [sys.executable, "-m", "hyperclone_cli", "expand", str(src)]
+    flags = ["--factor", str(FACTOR), "--no-verify", "--shard-size", size["dst_shard"], "--json"]
+
+    expand_runs, floor_runs = [], []
+    for r in range(args.repeat):
+        dst = out if r == 0 else work / f"{name}-again"
+        if not args.warm:
+            evict(src)
+        say(f"[{name}] expand, run {r + 1}/{args.repeat}")
+        expand_runs.append(run([*hc, str(dst), *flags], log))
+        if dst != out:
+            shutil.rmtree(dst)
+        say(f"[{name}] floor, run {r + 1}/{args.repeat}")
+        floor_runs.append(run(child("floor", str(out), str(work / f"{name}-floor")), log))
+        shutil.rmtree(work / f"{name}-floor")
+    floor = floor_runs[0]["result"]
+
+    say(f"[{name}] in-memory baseline")
+    if not args.warm:
+        evict(src)
+    mem = run(child("in_memory", str(src), str(work / f"{name}-mem"), size["dst_shard"]), log)
+    shutil.rmtree(work / f"{name}-mem")
+
+    verify = {}
+    for mode in ("full", "streamed"):
+        say(f"[{name}] verify ({mode})")
+        v = run(child("verify", str(src), str(out), mode == "streamed"), log)
+        verify[mode] = {
+            "seconds": round(v["result"]["seconds"], 2),
+            "peak_rss_mb": mb(v["peak_rss"]),
+            "passed": v["result"]["passed"],
+        }
+    shutil.rmtree(src)
+    shutil.rmtree(out)
+
+    e_secs = [x["result"]["seconds"] for x in expand_runs]
+    f_secs = [x["result"]["seconds"] for x in floor_runs]
+    e_rss = max(x["peak_rss"] for x in expand_runs)
+    largest = floor["largest_tensor_bytes"]
+    rss_limit = 1.5 * largest + 400 * MB
+    time_ratio = min(e_secs) / min(f_secs)
+    return {
+        "source": {**source, "bytes_mb": mb(source["bytes"])},
+        "target": {
+            "params": floor["params"],
+            "bytes_mb": mb(floor["bytes"]),
+            "shards": floor["shards"],
+            "largest_tensor_mb": mb(largest),
+        },
+        "expand": {
+            "seconds": round(min(e_secs), 2),
+            "seconds_median": round(statistics.median(e_secs), 2),
+            "seconds_runs": [round(s, 2) for s in e_secs],
+            "process_wall_seconds": round(min(x["wall"] for x in expand_runs), 2),
+            "throughput_mb_s": round(floor["bytes"] / min(e_secs) / MB, 1),
+            "peak_rss_mb": mb(e_rss),
+        },
+        "floor": {
+            "seconds": round(min(f_secs), 2),
+            "seconds_median": round(statistics.median(f_secs), 2),
+            "seconds_runs": [round(s, 2) for s in f_secs],
+            "throughput_mb_s": round(floor["bytes"] / min(f_secs) / MB, 1),
+        },
+        "in_memory": {
+            "seconds": round(mem["result"]["seconds"], 2),
+            "peak_rss_mb": mb(mem["peak_rss"]),
+        },
+        "verify": verify,
+        "ratios": {
+            "expand_time_over_floor": round(time_ratio, 3),
+            "expand_time_over_floor_median": round(
+                statistics.median(e_secs) / statistics.median(f_secs), 3
+            ),
+            "expand_rss_over_largest_tensor": round(e_rss / largest, 2),
+            "in_memory_rss_over_expand_rss": round(mem["peak_rss"] / e_rss, 2),
+            "in_memory_time_over_expand_time": round(mem["result"]["seconds"] / min(e_secs), 2),
+            "verify_full_rss_over_streamed_rss": round(
+                verify["full"]["peak_rss_mb"] / verify["streamed"]["peak_rss_mb"], 2
+            ),
+        },
+        "targets": {
+            "expand_time_le_1.3x_floor": time_ratio <= 1.3,
+            "expand_rss_le_1.5x_largest_plus_400mb": e_rss <= rss_limit,
+            "expand_rss_limit_mb": mb(rss_limit),
+            "in_memory_rss_ge_5x_expand": mem["peak_rss"] >= 5 * e_rss,
+        },
+    }
+
+
+def mb(n: float) -> float:
+    return round(n / MB, 1)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for mod in ("torch", "transformers", "safetensors"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="small,large", help="comma-separated: small, large, quick")
+    ap.add_argument("--quick", action="store_true", help="one tiny size, one run (smoke test)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of expand and the floor")
+    ap.add_argument("--warm", action="store_true", help="leave the source in the page cache")
+    ap.add_argument("--workdir", help="where to build checkpoints (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("child_args", nargs="?", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        result = CHILDREN[args.child](*json.loads(args.child_args))
+        print(json.dumps(result))
+        return result
+    sizes = ["quick"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    if args.quick:
+        args.repeat = 1
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        ap.error(f"unknown size {unknown[0]!r}; choose from {', '.join(SIZES)}")
+
+    work = Path(tempfile.mkdtemp(prefix="hyperclone-bench-", dir=args.workdir))
+    report: dict = {
+        "machine": machine(),
+        "settings": {
+            "factor": FACTOR,
+            "source_dtype": "bfloat16",
+            "repeat": args.repeat,
+            "source_cache": "warm" if args.warm else "cold (evicted before expand)",
+            "fsync": "every shard, in expand and in the floor",
+            "times": "best of the runs; expand's own `seconds` (no interpreter start-up)",
+        },
+        "sizes": {},
+    }
+    try:
+        if not args.quick:
+            imports = run(child("imports"), work / "stderr.log")
+            report["machine"]["python_torch_cli_rss_mb"] = mb(imports["peak_rss"])
+        for name in sizes:
+            report["sizes"][name] = {
+                "shape": SIZES[name],
+                **bench_size(name, SIZES[name], work, args),
+            }
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if len(sizes) >= 2:
+        a, b = report["sizes"][sizes[0]], report["sizes"][sizes[-1]]
+        d_rss = b["expand"]["peak_rss_mb"] - a["expand"]["peak_rss_mb"]
+        d_tensor = b["target"]["largest_tensor_mb"] - a["target"]["largest_tensor_mb"]
+        d_bytes = b["target"]["bytes_mb"] - a["target"]["bytes_mb"]
+        report["across_sizes"] = {
+            "from_to": [sizes[0], sizes[-1]],
+            "target_bytes_growth_mb": round(d_bytes, 1),
+            "largest_tensor_growth_mb": round(d_tensor, 1),
+            "expand_rss_growth_mb": round(d_rss, 1),
+            "in_memory_rss_growth_mb": round(
+                b["in_memory"]["peak_rss_mb"] - a["in_memory"]["peak_rss_mb"], 1
+            ),
+            "expand_rss_growth_within_1.5x_tensor_growth": d_rss <= 1.5 * max(d_tensor, 0),
+        }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
