@@ -3,8 +3,9 @@
 Reading: a Hugging Face directory with `config.json` and single or sharded `*.safetensors`
 (with their index) or `pytorch_model*.bin`. safetensors headers are parsed and checked
 here (offsets inside the file, no overlaps, sizes that match shapes) and each tensor is
-mapped on its own (or read with one positioned read, for a device): no map of whole files
-whose pages would pile up in the process's RSS. `.bin` files are loaded with
+read with one positioned read into its own buffer: no memory map, whose pages would pile
+up in the process's RSS and whose file, truncated under a running job, would kill it with
+SIGBUS instead of an error. `.bin` files are loaded with
 `weights_only=True`, so a pickle that would run code is refused before it runs.
 
 Writing: safetensors shards whose header is emitted first, from the plan, followed by each
@@ -19,7 +20,6 @@ import functools
 import hashlib
 import json
 import math
-import mmap
 import os
 import pickle
 import re
@@ -91,8 +91,6 @@ class Checkpoint:
         info = self.tensors[name]
         if self.format == "bin":
             return self._read_bin(info).to(device)
-        if str(device) == "cpu" and info.nbytes and info.start % _itemsize(info.dtype) == 0:
-            return self._map(info)
         out = torch.empty(info.shape, dtype=info.dtype, pin_memory=_pin(device))
         buf = out.view(-1).view(torch.uint8).numpy() if info.nbytes else None
         try:
@@ -109,32 +107,6 @@ class Checkpoint:
                 f"{info.file.name}: tensor {name} is truncated ({got} of {info.nbytes} bytes)"
             )
         return out.to(device, non_blocking=True) if str(device) != "cpu" else out
-
-    def _map(self, info: TensorInfo) -> torch.Tensor:
-        """The tensor's own pages of the file, mapped copy-on-write: no read() copy into
-        fresh memory. The mapping, and its pages in RSS, go with the tensor's last reference,
-        so only the tensors in use are mapped, never the whole checkpoint."""
-        try:
-            with open(info.file, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < info.start + info.nbytes:
-                    got = max(0, size - info.start)
-                    raise HypercloneError(
-                        f"{info.file.name}: tensor {info.name} is truncated "
-                        f"({got} of {info.nbytes} bytes)"
-                    )
-                base = info.start - info.start % mmap.ALLOCATIONGRANULARITY
-                length = info.start + info.nbytes - base
-                pages = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_COPY, offset=base)
-        except OSError as e:
-            raise HypercloneError(
-                f"{info.file}: cannot read ({e.strerror}); check the file and its permissions",
-                code=EXIT_IO,
-            ) from e
-        raw = torch.frombuffer(
-            pages, dtype=torch.uint8, offset=info.start - base, count=info.nbytes
-        )
-        return raw.view(info.dtype).view(info.shape)
 
     def prefetch(self, name: str) -> None:
         """Hint the kernel to start reading a tensor needed next; returns at once."""
