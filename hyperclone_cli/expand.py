@@ -37,6 +37,7 @@ from .recipe import Recipe, load_recipe
 
 ProgressFn = Callable[[int], None]
 CHUNK_BYTES = 16 * 1024 * 1024  # target bytes computed and written at a time
+NOISE_CHUNK_ELEMENTS = 1 << 24  # fixed: the noise drawn per chunk depends on it
 WRITER_DEPTH = 3  # chunks computed ahead of the disk
 DISK_MARGIN = 0.01  # of the output, plus 1 MiB: file-system blocks, index, card
 
@@ -283,8 +284,7 @@ def write_plan(
                     noise=noise if t.noise else None,
                     tensor_seed=t.tensor_seed(recipe.seed),
                     out_dtype=t.dtype,
-                    # noise is drawn per chunk, so its chunking is part of the seeded bytes
-                    max_chunk_elements=CHUNK_BYTES // t.dtype.itemsize if not t.noise else 1 << 24,
+                    max_chunk_elements=_chunk_elements(t, device),
                     alloc=buffers.take if buffers is not None else None,
                 ):
                     writer.submit(lambda c=chunk, sw=sw: _write(sw, c, progress, buffers))
@@ -300,6 +300,17 @@ def write_plan(
         plan.source.close()
         torch.set_num_threads(threads)
     return results
+
+
+def _chunk_elements(t, device: torch.device) -> int:
+    """How much of a target tensor to compute at a time."""
+    if t.noise:
+        return NOISE_CHUNK_ELEMENTS  # noise is drawn per chunk: part of the seeded bytes
+    if device.type != "cpu":
+        # one chunk per tensor: one device-to-host copy per tensor (device memory holds a
+        # target tensor easily; the host still sees only that tensor)
+        return max(1, t.numel)
+    return CHUNK_BYTES // t.dtype.itemsize
 
 
 def _compute_threads(threads: int) -> int:
