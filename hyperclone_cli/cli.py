@@ -19,6 +19,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import EXIT_INPUT, EXIT_SIGINT, EXIT_USAGE, HypercloneError
+from .expand import format_size
 
 app = typer.Typer(
     name="hyperclone",
@@ -74,10 +75,6 @@ def _root(
     ] = False,
 ) -> None:
     _state["debug"] = debug
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _val(e: Enum | None) -> str | None:
@@ -190,7 +187,7 @@ def expand(
     t.add_row("family", s["family"])
     t.add_row("factor (ffn)", f"{s['factor']} ({s['ffn_factor']})")
     t.add_row("parameters", f"{s['source_params']:,} → {s['target_params']:,}")
-    t.add_row("bytes", _gb(s["target_bytes"]))
+    t.add_row("bytes", format_size(s["target_bytes"]))
     t.add_row("shards", str(len(s["shards"])))
     t.add_row("tie", s["tie"])
     if not dry_run:
@@ -244,11 +241,7 @@ def verify(
             t.add_row("first diverging layer", str(d["first_bad_layer"]))
         t.add_row("result", "[green]pass[/]" if d["passed"] else "[red]FAIL[/]")
         out.print(t)
-    if not report.passed:
-        from .errors import VerificationError
-        from .expand import _verify_failure
-
-        raise VerificationError(_verify_failure(report).replace("; nothing was written", ""))
+    report.raise_if_failed()
 
 
 @app.command("inspect")
@@ -280,7 +273,7 @@ def inspect_cmd(
         ("architecture", d["architecture"], ""),
         ("family", d["family"] or "unsupported", ""),
         ("parameters", f"{d['params']:,}", exp and f"{exp['params']:,}"),
-        ("bytes", _gb(d["bytes"]), exp and _gb(exp["bytes"])),
+        ("bytes", format_size(d["bytes"]), exp and format_size(exp["bytes"])),
         ("dtypes", ", ".join(f"{k}×{v}" for k, v in d["dtypes"].items()), ""),
         ("shards", str(len(d["shards"])), exp and str(exp["shards"])),
         ("hidden", str(d["hidden"]), exp and str(exp["hidden"])),
@@ -294,7 +287,7 @@ def inspect_cmd(
         ("tied embeddings", str(d["tied"]), exp and exp["tie"]),
     ]
     if exp:
-        rows.append(("predicted peak RSS", "", _gb(exp["predicted_peak_rss_bytes"])))
+        rows.append(("predicted peak RSS", "", format_size(exp["predicted_peak_rss_bytes"])))
     for name, a, b in rows:
         t.add_row(name, a, *([b or ""] if exp else []))
     out.print(t)
@@ -323,25 +316,13 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _quiet_libraries() -> None:
-    """Our own progress and messages only: no loading bars or advice from transformers, and
-    never a hub lookup (hyperclone works on local directories)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes one line on stderr and an exit code."""
     args = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in args or bool(os.environ.get("HYPERCLONE_DEBUG"))
-    # transformers' loading bars and advisories would add lines to stderr around our one
+    # transformers' loading bars and advisories would add lines to stderr around our one;
+    # and hyperclone works on local directories: never a hub lookup
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if not debug:  # library warnings would add lines to stderr; --debug shows them
@@ -357,9 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "hyperclone"
         _fail(f"hyperclone: error: {e.format_message()} (see '{where} --help')", EXIT_USAGE)
-    except _ABORTS:
-        _fail("hyperclone: error: interrupted; nothing was written", EXIT_SIGINT)
-    except KeyboardInterrupt:
+    except (*_ABORTS, KeyboardInterrupt):
         _fail("hyperclone: error: interrupted; nothing was written", EXIT_SIGINT)
     except HypercloneError as e:
         if debug:

@@ -30,7 +30,6 @@ from .errors import (
     EXIT_SIGTERM,
     HypercloneError,
     Interrupted,
-    VerificationError,
 )
 from .plan import Plan, make_plan
 from .recipe import Recipe, load_recipe
@@ -124,13 +123,13 @@ def _check_space(plan: Plan, parent: Path) -> None:
     free = shutil.disk_usage(parent).free
     if need > free:
         raise HypercloneError(
-            f"{parent}: not enough disk space: the output needs {_size(need)}, "
-            f"{_size(free)} free; free some space or choose another destination",
+            f"{parent}: not enough disk space: the output needs {format_size(need)}, "
+            f"{format_size(free)} free; free some space or choose another destination",
             code=EXIT_IO,
         )
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
@@ -443,8 +442,7 @@ def expand(
 
                     report = verify(src, tmp, tolerance=recipe.verify_tolerance, device=str(device))
                     result.verification = report
-                    if not report.passed:
-                        raise VerificationError(_verify_failure(report), report)
+                    report.raise_if_failed("; nothing was written")
                 (tmp / "README.md").write_text(model_card(plan, result.shards, report))
                 _move_into_place(tmp, dst, force)
             except KeyboardInterrupt as e:
@@ -456,10 +454,6 @@ def expand(
     result.bytes_written = sum(s.bytes for s in result.shards)
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _verify_failure(report) -> str:
-    return f"verification failed: {report.summary()}; nothing was written"
 
 
 def _remove_stale(dst: Path) -> None:

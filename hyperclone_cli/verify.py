@@ -113,9 +113,10 @@ class VerifyReport:
     def to_dict(self) -> dict:
         return {**asdict(self), "summary": self.summary()}
 
-    def raise_if_failed(self) -> None:
+    def raise_if_failed(self, then: str = "") -> None:
+        """Raise VerificationError with the summary; `then` says what the caller did about it."""
         if not self.passed:
-            raise VerificationError(self.summary(), report=self)
+            raise VerificationError(f"verification failed: {self.summary()}{then}", report=self)
 
 
 def verify(
