@@ -87,18 +87,19 @@ class Recipe(BaseModel):
 _FLAGS = {"verify_tolerance": "tolerance", "verify": "no-verify", "tie": "untie"}  # key → flag
 
 
-def _one_line(err: ValidationError, where: str) -> str:
+def _one_line(err: ValidationError, where: str, flag: bool = False) -> str:
+    """The first validation error as one line; `flag`: the value came from a command-line
+    option (or a keyword of the Python API), so name it as the user typed it."""
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "recipe"
+    if flag:
+        where = f"{where} --{_FLAGS.get(loc, loc).replace('_', '-')}"
     if e["type"] == "extra_forbidden":
         known = ", ".join(Recipe.model_fields)
         return f"{where}: unknown key {loc!r} (known keys: {known})"
     msg = e["msg"].removeprefix("Value error, ")
-    if where == "option":  # a flag: name it as the user typed it
-        flag = _FLAGS.get(loc, loc)
-        where, loc = f"--{flag.replace('_', '-')}", ""
     got = "" if "got" in msg else f" (got {e.get('input')!r})"
-    return f"{where}: {loc + ': ' if loc else ''}{msg}{got}"
+    return f"{where}: {msg}{got}" if flag else f"{where}: {loc}: {msg}{got}"
 
 
 def load_recipe(path: str | Path | None = None, **overrides: object) -> Recipe:
@@ -124,10 +125,6 @@ def load_recipe(path: str | Path | None = None, **overrides: object) -> Recipe:
         return Recipe(**data)
     except ValidationError as e:
         key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else ""
-        if key in flags:
-            where = f"option --{_FLAGS.get(key, key).replace('_', '-')}"
-            raise HypercloneError(
-                _one_line(e, where).replace(f"{where}: {key}: ", f"{where}: ")
-            ) from e
-        where = f"recipe {path}" if path is not None else "option"
-        raise HypercloneError(_one_line(e, where)) from e
+        if key in flags or path is None:
+            raise HypercloneError(_one_line(e, "option", flag=True)) from e
+        raise HypercloneError(_one_line(e, f"recipe {path}")) from e
