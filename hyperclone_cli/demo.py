@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import resource
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,7 +95,22 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    src = prepare_smollm2(out / "smollm2-135m")
+    src = out / "smollm2-135m"
+    # In a child process: loading the GGUF takes ~1.2 GB, and Linux counts a process's peak
+    # RSS at exec into every child it starts afterwards, which would inflate expand's figure.
+    smollm2_gguf_dir()  # a missing package is a clear error here, not a child's traceback
+    prep = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from hyperclone_cli.demo import prepare_smollm2; prepare_smollm2({str(src)!r})",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if prep.returncode:
+        last = (prep.stderr.strip().splitlines() or ["preparing SmolLM2 failed"])[-1]
+        raise HypercloneError(f"{src}: could not prepare SmolLM2-135M: {last}")
     console.print(f"source: {src} (prepared in {time.perf_counter() - t0:.1f} s)")
     dst = out / f"smollm2-135m-x{args.factor}"
     # Expand through the real CLI in a child process, so its time and peak RSS are its own.
@@ -102,13 +118,20 @@ def main(argv: list[str] | None = None) -> None:
     cmd += ["--factor", str(args.factor), "--force", "--no-verify", "--json"]
     if args.noise is not None:
         cmd += ["--noise", str(args.noise)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    expand_s = time.perf_counter() - t0
-    if proc.returncode:
-        raise HypercloneError(proc.stderr.strip() or "expand failed", code=proc.returncode)
-    rss_expand = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    s = json.loads(proc.stdout)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
+        # wait4: this child's own peak RSS (RUSAGE_CHILDREN would be the largest of every
+        # child so far, e.g. one started while preparing the model)
+        _, status, usage = os.wait4(proc.pid, 0)
+        expand_s = time.perf_counter() - t0
+        stdout.seek(0)
+        stderr.seek(0)
+        code = os.waitstatus_to_exitcode(status)
+        if code:
+            raise HypercloneError(stderr.read().strip() or "expand failed", code=code)
+        rss_expand = usage.ru_maxrss * 1024
+        s = json.loads(stdout.read())
 
     from .verify import verify
 
