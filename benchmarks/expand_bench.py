@@ -302,7 +302,7 @@ def bench_size(name: str, size: dict, work: Path, args: argparse.Namespace) -> d
         say(f"[{name}] verify ({mode})")
         v = run(child("verify", str(src), str(out), mode == "streamed"), log)
         verify[mode] = {
-            "seconds": round(v["result"]["seconds"], 2),
+            "seconds": round(v["result"]["seconds"], 4),
             "peak_rss_mb": mb(v["peak_rss"]),
             "passed": v["result"]["passed"],
         }
@@ -324,21 +324,21 @@ def bench_size(name: str, size: dict, work: Path, args: argparse.Namespace) -> d
             "largest_tensor_mb": mb(largest),
         },
         "expand": {
-            "seconds": round(min(e_secs), 2),
-            "seconds_median": round(statistics.median(e_secs), 2),
-            "seconds_runs": [round(s, 2) for s in e_secs],
-            "process_wall_seconds": round(min(x["wall"] for x in expand_runs), 2),
+            "seconds": round(min(e_secs), 4),
+            "seconds_median": round(statistics.median(e_secs), 4),
+            "seconds_runs": [round(s, 4) for s in e_secs],
+            "process_wall_seconds": round(min(x["wall"] for x in expand_runs), 4),
             "throughput_mb_s": round(floor["bytes"] / min(e_secs) / MB, 1),
             "peak_rss_mb": mb(e_rss),
         },
         "floor": {
-            "seconds": round(min(f_secs), 2),
-            "seconds_median": round(statistics.median(f_secs), 2),
-            "seconds_runs": [round(s, 2) for s in f_secs],
+            "seconds": round(min(f_secs), 4),
+            "seconds_median": round(statistics.median(f_secs), 4),
+            "seconds_runs": [round(s, 4) for s in f_secs],
             "throughput_mb_s": round(floor["bytes"] / min(f_secs) / MB, 1),
         },
         "in_memory": {
-            "seconds": round(mem["result"]["seconds"], 2),
+            "seconds": round(mem["result"]["seconds"], 4),
             "peak_rss_mb": mb(mem["peak_rss"]),
         },
         "verify": verify,
