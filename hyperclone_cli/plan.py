@@ -13,9 +13,9 @@ import torch
 
 from . import __version__
 from .checkpoint import FLOAT_DTYPES, Checkpoint, Entry
-from .clone import IN, OUT, AxisMap, identity_map, interleave_map, tile_map
+from .clone import AxisMap, identity_map, interleave_map, tile_map
 from .errors import HypercloneError
-from .families import Dims, Family, Role, family_for
+from .families import IN, OUT, Dims, Family, Role, family_for
 from .families.base import head as head_role
 from .recipe import Recipe
 

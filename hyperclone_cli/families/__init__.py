@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import HypercloneError
-from .base import Dims, Family, Role
+from .base import IN, OUT, Dims, Family, Role
 from .gemma import GEMMA, GEMMA3
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
@@ -41,4 +41,4 @@ def family_for(config: dict) -> Family:
     raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")
 
 
-__all__ = ["FAMILIES", "Dims", "Family", "Role", "family_for"]
+__all__ = ["FAMILIES", "IN", "OUT", "Dims", "Family", "Role", "family_for"]

@@ -7,7 +7,7 @@ A role names, for each axis of a tensor, the *space* the axis lives in and its *
   per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "fixed"
   (never widens: vocabulary, positions);
   a tuple of spaces is a fused axis, e.g. ("q", "kv", "kv") for `[q | k | v]`.
-- sides: "out" (gathered: rows of a Linear, embeddings, norms, biases) or "in"
+- sides: OUT (gathered: rows of a Linear, embeddings, norms, biases) or IN
   (gathered and divided by the number of copies: columns of a Linear).
 """
 
@@ -17,7 +17,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..clone import IN, OUT
+OUT = "out"
+IN = "in"
 
 Space = str | tuple[str, ...]
 Axis = tuple[Space, str]
