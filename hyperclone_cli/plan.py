@@ -38,10 +38,6 @@ class TensorPlan:
         return tuple(a.target_size for a in self.axes)
 
     @property
-    def source_shape(self) -> tuple[int, ...]:
-        return tuple(a.source_size for a in self.axes)
-
-    @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -247,7 +243,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
                 "refusing to drop it "
                 "silently (is this checkpoint a variant hyperclone does not support yet?)"
             )
-        if role.kind == "head" and tied:
+        if role.lm_head and tied:
             dropped.append((name, "duplicate of the tied embedding"))
             continue
         if len(role.axes) != len(info.shape):

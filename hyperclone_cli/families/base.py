@@ -27,7 +27,7 @@ Axis = tuple[Space, str]
 @dataclass(frozen=True)
 class Role:
     axes: tuple[Axis, ...]
-    kind: str = "weight"  # weight | bias | norm | embedding | head
+    lm_head: bool = False  # the LM head: dropped when the embedding is tied to it
     q_scaled: bool = False  # multiplied by 1/√n under head-dim attention (q weight/bias)
     norm_offset: float = 0.0  # Gemma stores RMSNorm gain as (1 + w)
 
@@ -43,21 +43,21 @@ def conv1d(inp: Space, out: Space, **kw) -> Role:
 
 
 def bias(space: Space, **kw) -> Role:
-    return Role(((space, OUT),), kind="bias", **kw)
+    return Role(((space, OUT),), **kw)
 
 
 def norm(space: Space = "hidden", offset: float = 0.0) -> Role:
-    return Role(((space, OUT),), kind="norm", norm_offset=offset)
+    return Role(((space, OUT),), norm_offset=offset)
 
 
 def embedding(space: Space = "hidden") -> Role:
     """(rows, width) table whose rows are looked up: the width is an output side."""
-    return Role((("fixed", OUT), (space, OUT)), kind="embedding")
+    return Role((("fixed", OUT), (space, OUT)))
 
 
 def head(space: Space = "hidden") -> Role:
     """The LM head (vocab, width): the width is an input side."""
-    return Role((("fixed", OUT), (space, IN)), kind="head")
+    return Role((("fixed", OUT), (space, IN)), lm_head=True)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,6 @@ class Family:
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
     supports_kv_keep: bool = True
-    notes: str = ""
 
     def role_of(self, name: str) -> Role | None:
         for pattern, role in self.tensors:

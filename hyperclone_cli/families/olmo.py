@@ -22,7 +22,6 @@ OLMO = replace(
         (r"lm_head\.weight", head()),
     ),
     tie_keepers=(),  # parameter-free LayerNorm: a tie is always removed
-    notes="norms without parameters: a tied head is written untied",
 )
 
 OLMO2: Family = replace(
