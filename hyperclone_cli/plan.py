@@ -307,7 +307,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         )
 
     config = copy.deepcopy(cfg)
-    config.update(family.config_keys(cfg, dims, sizes))
+    config.update(family.widened_config(cfg, sizes))
     if tie == "untied":
         config["tie_word_embeddings"] = False
     if recipe.dtype:
