@@ -32,7 +32,7 @@ from .errors import (
     Interrupted,
 )
 from .plan import Plan, make_plan
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, build_recipe
 
 ProgressFn = Callable[[int], None]
 CHUNK_BYTES = 16 * 1024 * 1024  # target bytes computed and written at a time
@@ -65,8 +65,8 @@ class ExpandResult:
             "destination": str(self.destination),
             "dry_run": self.dry_run,
             "family": p.family.name,
-            "factor": p.recipe.n,
-            "ffn_factor": p.recipe.m,
+            "factor": p.recipe.factor,
+            "ffn_factor": p.recipe.ffn_multiplier,
             "source_params": sum(t.numel for t in p.source.tensors.values()),
             "target_params": p.target_params,
             "target_bytes": p.target_bytes,
@@ -360,11 +360,11 @@ def model_card(plan: Plan, shards: list[ShardResult], report: object | None) -> 
         "---",
         "tags: [hyperclone, hypercloning]",
         "---",
-        f"# Widened ×{plan.recipe.n} with hyperclone",
+        f"# Widened ×{plan.recipe.factor} with hyperclone",
         "",
         f"This checkpoint was made from `{prov['source']}` by {prov['tool']} with "
         "HyperCloning (Samragh et al., arXiv 2409.12903): every hidden vector is cloned "
-        f"{plan.recipe.n} times, so the model computes the same function as its source.",
+        f"{plan.recipe.factor} times, so the model computes the same function as its source.",
         "",
         "| setting | value |",
         "|---|---|",
@@ -409,10 +409,7 @@ def expand(
     no `dst` behind on any failure.
     """
     start = time.perf_counter()
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, **overrides)
-    elif overrides:
-        recipe = recipe.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    recipe = build_recipe(recipe, **overrides)
     src, dst = Path(src), Path(dst)
     if dst.name in ("", ".", ".."):  # the temporary directory is named after dst
         dst = Path(os.path.abspath(dst))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import FLOAT_DTYPES, Checkpoint, Entry
 from .clone import AxisMap, identity_map, interleave_map, tile_map
 from .errors import HypercloneError
@@ -98,8 +98,8 @@ class Plan:
             "tool": f"hyperclone {__version__}",
             "method": "HyperCloning (arXiv 2409.12903)",
             "source": str(self.source.path),
-            "factor": r.n,
-            "ffn_factor": r.m,
+            "factor": r.factor,
+            "ffn_factor": r.ffn_multiplier,
             "attention": r.attention,
             "kv_heads": r.kv_heads,
             "layout": r.layout,
@@ -121,7 +121,7 @@ def resolved_tie(config: dict, family: Family) -> bool:
 
 def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Index maps per space, and the widened sizes for config.json."""
-    n, m = recipe.n, recipe.m
+    n, m = recipe.factor, recipe.ffn_multiplier
     H, G, hd = dims.heads, dims.kv_heads, dims.head_dim
     maps = {
         "hidden": tile_map(dims.hidden, n),
@@ -188,7 +188,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
     cfg = ckpt.config
     family = family_for(cfg)
     dims = family.dims(cfg)
-    n = recipe.n
+    n = recipe.factor
     if recipe.attention == "head-dim" and dims.rotary:
         raise HypercloneError(
             f"--attention head-dim is not exact for {family.name}: rotary position embeddings "

@@ -10,7 +10,7 @@ from .checkpoint import open_checkpoint
 from .errors import HypercloneError
 from .families import family_for
 from .plan import make_plan, resolved_tie
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, build_recipe
 
 BASELINE_RSS = 320 * 1024 * 1024  # python + torch + the CLI before any work, measured 302 MB
 POOL_BYTES = 7 * 16 * 1024 * 1024  # expand's reused 16 MB chunk buffers in flight
@@ -80,14 +80,13 @@ def inspect(
     if factor is None and recipe is None:
         return info
 
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, factor=factor, **kw)
+    recipe = build_recipe(recipe, factor=factor, **kw)
     plan = make_plan(ckpt, recipe)
     largest_src = max(t.nbytes for t in ckpt.tensors.values())
     float32_params = 4 * (info.params + plan.target_params)
     info.expansion = {
-        "factor": recipe.n,
-        "ffn_factor": recipe.m,
+        "factor": recipe.factor,
+        "ffn_factor": recipe.ffn_multiplier,
         "attention": recipe.attention,
         "kv_heads_strategy": recipe.kv_heads,
         "params": plan.target_params,
