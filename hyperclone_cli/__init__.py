@@ -7,14 +7,15 @@ Python API (the CLI is a thin layer over these):
     report = verify("small/", "wide/")
     info = inspect("small/", factor=2)
 
-`hyperclone_cli.expand`, `.verify` and `.inspect` are these functions; their modules are
-reachable with `importlib.import_module("hyperclone_cli.verify")` and the like.
+`hyperclone_cli.expand` is the function; its module is `hyperclone_cli.pipeline`.
+`.verify` and `.inspect` are functions too, named like their modules, which stay reachable
+with `importlib.import_module("hyperclone_cli.verify")` and the like.
 """
 
 __version__ = "0.1.0"
 
 from .errors import HypercloneError, VerificationError  # noqa: E402
-from .expand import ExpandResult, expand  # noqa: E402
+from .pipeline import ExpandResult, expand  # noqa: E402
 from .inspect import Inspection, inspect  # noqa: E402
 from .recipe import Recipe, load_recipe  # noqa: E402
 from .verify import VerifyReport, verify  # noqa: E402

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import EXIT_INPUT, EXIT_SIGINT, EXIT_USAGE, HypercloneError
-from .expand import format_size
+from .pipeline import format_size
 
 app = typer.Typer(
     name="hyperclone",
@@ -138,7 +138,7 @@ def expand(
         TransferSpeedColumn,
     )
 
-    from .expand import expand as run_expand
+    from .pipeline import expand as run_expand
 
     bar = Progress(
         "[progress.description]{task.description}",
@@ -219,7 +219,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run the same tokens through SRC and DST and compare the logits."""
-    from .expand import resolve_device
+    from .pipeline import resolve_device
     from .verify import verify as run_verify
 
     dev = resolve_device(device.value)

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from hyperclone_cli.errors import HypercloneError
-from hyperclone_cli.expand import expand
+from hyperclone_cli.pipeline import expand
 from hyperclone_cli.families import FAMILIES
 from hyperclone_cli.inspect import inspect
 

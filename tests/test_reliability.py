@@ -65,7 +65,7 @@ WRAPPER = (
 # given files, and answers with the child's exit status (negative: killed by a signal).
 ZYGOTE = r"""
 import json, os, sys, traceback
-import torch, hyperclone_cli.cli, hyperclone_cli.expand  # the expensive part, done once
+import torch, hyperclone_cli.cli, hyperclone_cli.pipeline  # the expensive part, done once
 for line in sys.stdin:
     req = json.loads(line)
     sys.stdout.flush(); sys.stderr.flush()
