@@ -15,8 +15,8 @@ with `importlib.import_module("hyperclone_cli.verify")` and the like.
 __version__ = "0.1.0"
 
 from .errors import HypercloneError, VerificationError  # noqa: E402
-from .pipeline import ExpandResult, expand  # noqa: E402
 from .inspect import Inspection, inspect  # noqa: E402
+from .pipeline import ExpandResult, expand  # noqa: E402
 from .recipe import Recipe, load_recipe  # noqa: E402
 from .verify import VerifyReport, verify  # noqa: E402
 
