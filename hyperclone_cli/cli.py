@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import EXIT_INPUT, EXIT_SIGINT, EXIT_USAGE, HypercloneError
-from .pipeline import format_size
+from .units import format_size
 
 app = typer.Typer(
     name="hyperclone",
