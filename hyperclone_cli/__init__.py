@@ -16,8 +16,8 @@ from .errors import HypercloneError, VerificationError
 
 # public name → module that defines it
 _LAZY = {
-    "expand": "expand",
-    "ExpandResult": "expand",
+    "expand": "pipeline",
+    "ExpandResult": "pipeline",
     "inspect": "inspection",
     "Inspection": "inspection",
     "verify": "verify",

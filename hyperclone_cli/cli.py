@@ -133,7 +133,7 @@ def expand(
         TransferSpeedColumn,
     )
 
-    from .expand import expand as run_expand
+    from .pipeline import expand as run_expand
 
     bar = Progress(
         "[progress.description]{task.description}",
@@ -174,7 +174,7 @@ def expand(
             verify_tolerance=tolerance,
             verify=False if no_verify else None,
         )
-    from .expand import format_size
+    from .units import format_size
 
     s = result.summary()
     if as_json:
@@ -218,7 +218,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run the same tokens through SRC and DST and compare the logits."""
-    from .expand import resolve_device
+    from .pipeline import resolve_device
     from .verify import verify as run_verify
 
     dev = resolve_device(_val(device) or "auto")
@@ -255,8 +255,8 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Architecture, sizes, shards, dtypes, tie, heads; and what an expansion would produce."""
-    from .expand import format_size
     from .inspection import inspect as run_inspect
+    from .units import format_size
 
     info = run_inspect(path, factor=factor, recipe=recipe)
     d = info.to_dict()

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ._version import __version__
-from .checkpoint import FLOAT_DTYPES, Checkpoint, Entry
+from .checkpoint import FLOAT_DTYPES, Checkpoint
 from .clone import AxisMap, identity_map, interleave_map, tile_map
 from .errors import HypercloneError
 from .families import IN, OUT, Dims, Family, Role, family_for
 from .families.base import head as head_role
 from .recipe import Recipe
+from .writer import Entry
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

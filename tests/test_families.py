@@ -27,9 +27,9 @@ from transformers import (
 )
 
 from hyperclone_cli.errors import HypercloneError
-from hyperclone_cli.expand import expand
 from hyperclone_cli.families import FAMILIES
 from hyperclone_cli.inspection import inspect
+from hyperclone_cli.pipeline import expand
 
 # Shared sizes: hidden 32, 4 heads of 8, 2 layers, vocab 96.
 COMMON = dict(vocab_size=tiny.VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
