@@ -230,7 +230,13 @@ LLAMA_LAYER = re.compile(
 FUSED = ("qkv", "query_key_value", "c_attn", "wqkv", "w_pack", "att_proj", "gate_up")
 
 
+MULTIPLIER_KEYS = ("multiplier", "scale_emb", "scale_depth", "logits_scaling", "logit_scale", "mup")
+IGNORED_CONFIG_KEYS = {"layer_types", "sliding_window", "max_window_layers", "use_sliding_window"}
+
+
 def hints(model_type: str, config, names: list[str], model) -> list[str]:
+    """Likely causes, from the tensor names as stored on disk (transformers may rename them
+    in memory: EXAONE loads as Llama but saves `transformer.h.*`), config and modelling code."""
     cfg = config.to_dict()
     out: list[str] = []
     layer = [n for n in names if re.search(r"\.\d+\.", n)]
@@ -238,7 +244,14 @@ def hints(model_type: str, config, names: list[str], model) -> list[str]:
     outside = {n for n in names if n not in layer}
     llama_outside = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     if tails and all(LLAMA_LAYER.search(t) for t in tails) and outside <= llama_outside:
-        out.append("llama tensor names")
+        from transformers import LlamaConfig
+
+        extra = sorted(set(cfg) - set(LlamaConfig().to_dict()) - IGNORED_CONFIG_KEYS)
+        if cfg.get("hidden_act", "silu") != "silu":
+            extra.append(f"hidden_act={cfg['hidden_act']}")
+        out.append("llama tensor names" + (f", config adds {','.join(extra[:6])}" if extra else ""))
+    if len(set(model.state_dict()) & set(names)) < len(names) / 2:  # not just a tied head
+        out.append("saved under other names than loaded (transformers key mapping)")
     fused = sorted({f for f in FUSED for n in tails if f in n.lower()})
     if fused:
         out.append("fused " + "/".join(fused))
@@ -256,7 +269,7 @@ def hints(model_type: str, config, names: list[str], model) -> list[str]:
         for k, v in cfg.items()
         if isinstance(v, int | float)
         and not isinstance(v, bool)
-        and any(s in k for s in ("multiplier", "scale_emb", "scale_depth", "logits_scaling", "mup"))
+        and any(s in k for s in MULTIPLIER_KEYS)
     )
     if mult:
         out.append("multipliers " + ",".join(mult))
@@ -342,7 +355,12 @@ def run_type(model_type: str, workdir: Path) -> dict:
         randomise(model)
         src = workdir / "src"
         model.save_pretrained(src, safe_serialization=True)
-        names = list(model.state_dict())
+        from safetensors import safe_open
+
+        names = []
+        for f in sorted(src.glob("*.safetensors")):
+            with safe_open(f, "pt") as st:
+                names += list(st.keys())
         row["params"] = sum(p.numel() for p in model.parameters())
         model, info = AutoModelForCausalLM.from_pretrained(
             src, dtype=torch.float32, output_loading_info=True
@@ -596,7 +614,7 @@ def run_matrix(types: list[str], timeout: float = TIMEOUT_S, log=print) -> dict:
     for i, t in enumerate(types, 1):
         row = run_guarded(t, timeout)
         rows.append(row)
-        extra = row.get("reason", "")[:90]
+        extra = row.get("reason", "")[:90] + (f" {row['hints']}" if row.get("hints") else "")
         log(f"[{i}/{len(types)}] {t:28s} {row['class']:16s} {row['result']:8s} {extra}")
     data = {"versions": versions(), "seconds": round(time.perf_counter() - start, 1)}
     data |= {"counts": counts(rows), "rows": rows}
