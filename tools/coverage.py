@@ -361,6 +361,9 @@ def run_type(model_type: str, workdir: Path) -> dict:
         for f in sorted(src.glob("*.safetensors")):
             with safe_open(f, "pt") as st:
                 names += list(st.keys())
+        if row["class"] in ("dense", "moe"):  # what was built decides: MoE blocks may be off
+            experts = any("expert" in n for n, _ in model.named_parameters())
+            row["class"] = "moe" if experts else "dense"
         row["params"] = sum(p.numel() for p in model.parameters())
         model, info = AutoModelForCausalLM.from_pretrained(
             src, dtype=torch.float32, output_loading_info=True
