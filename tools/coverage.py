@@ -192,6 +192,8 @@ def classify(model_type: str, config, arch: str) -> str:
         return "multimodal"
     if model_type in SSM_TYPES or any(s in k for k in keys for s in SSM_KEYS):
         return "ssm/hybrid"
+    if flat.get("is_moe") is False or flat.get("enable_moe_block") is False:
+        return "dense"  # the expert block is switched off
     if any(flat.get(k) for k in MOE_KEYS) or any(
         k.startswith("moe_") and flat.get(k) for k in keys if "layer" not in k
     ):
@@ -333,7 +335,7 @@ def compare(src_model, dst: Path, ids) -> dict:
 def run_type(model_type: str, workdir: Path) -> dict:
     """Build, classify, expand ×2/×3, check. Never raises: every failure becomes a row."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from hyperclone_cli import HypercloneError, expand
@@ -348,8 +350,8 @@ def run_type(model_type: str, workdir: Path) -> dict:
     row: dict = {"model_type": model_type, "architecture": arch, "class": None}
     start = time.perf_counter()
     try:
+        row["class"] = classify(model_type, AutoConfig.for_model(model_type), arch)  # defaults
         config = make_config(model_type)
-        row["class"] = classify(model_type, config, arch)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         randomise(model)
@@ -361,9 +363,8 @@ def run_type(model_type: str, workdir: Path) -> dict:
         for f in sorted(src.glob("*.safetensors")):
             with safe_open(f, "pt") as st:
                 names += list(st.keys())
-        if row["class"] in ("dense", "moe"):  # what was built decides: MoE blocks may be off
-            experts = any("expert" in n for n, _ in model.named_parameters())
-            row["class"] = "moe" if experts else "dense"
+        if row["class"] == "dense" and any("expert" in n for n, _ in model.named_parameters()):
+            row["class"] = "moe"
         row["params"] = sum(p.numel() for p in model.parameters())
         model, info = AutoModelForCausalLM.from_pretrained(
             src, dtype=torch.float32, output_loading_info=True
@@ -377,11 +378,6 @@ def run_type(model_type: str, workdir: Path) -> dict:
         with torch.no_grad():
             model(ids, use_cache=False)
     except Exception as e:  # noqa: BLE001 - any failure to build is the row's answer
-        if row["class"] is None:  # the small config itself failed: classify the default one
-            with contextlib.suppress(Exception):
-                from transformers import AutoConfig
-
-                row["class"] = classify(model_type, AutoConfig.for_model(model_type), arch)
         row["guessed_class"] = row["class"]
         row["class"] = "unbuildable"
         row["result"] = "not run"
