@@ -274,7 +274,7 @@ def write_plan(
                 order.pop(0)
                 if order:
                     plan.source.prefetch(order[0])  # read from disk while this one widens
-                for chunk in clone.expand(
+                for chunk in clone.widen(
                     w,
                     t.axes,
                     scale=t.scale,
