@@ -13,6 +13,7 @@ head next to each other is a block-wise repeat. With that one idea:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,13 +125,14 @@ def widen(
     if in_axis is not None:
         mult = multiplicity(axes[in_axis].idx, axes[in_axis].source_size).to(device, work_dtype)
         in_div = mult[idxs[in_axis]]
-    diag = None
+    keep = None  # the diagonal layout's mask for rows r0:r1
     if diagonal and in_axis is not None:
         out_axes = [k for k, a in enumerate(axes) if a.side == OUT and a.widened]
         if out_axes:
             # Row copy r of an output unit reads only input copy (r mod copies-of-that-input).
             o = out_axes[0]
-            diag = (o, copy_rank(axes[o].idx).to(device), copy_rank(axes[in_axis].idx).to(device))
+            ranks = (o, copy_rank(axes[o].idx).to(device), copy_rank(axes[in_axis].idx).to(device))
+            keep = functools.partial(_diag_keep, ranks, in_axis, in_div, w.dim())
     stream = None
     if noise is not None and in_axis is not None:
         std = noise_std(w, axes[in_axis].factor, noise.snr_db)
@@ -140,39 +142,22 @@ def widen(
         stream = NoiseStream(shape, axes[in_axis].idx, axes[in_axis].source_size, std, tensor_seed)
 
     runs = [fastpath.runs(a.idx) for a in axes]
-    exact = None
-    if not offset and all(a.scale is None for a in axes):
-        exact = fastpath.exact_multiplier(w, out_dtype, scale, in_axis, in_div, diag)
-    fast_noise = (
-        stream is not None
-        and scale == 1.0
-        and not offset
-        and diag is None
-        and all(a.scale is None for a in axes)
-        and fastpath.noise_fits(stream, w, in_axis)
-    )
+    fast = fastpath.route(
+        w, runs, idxs, in_axis, in_div, keep, stream, scale=scale,
+        plain=not offset and all(a.scale is None for a in axes),
+        work_dtype=work_dtype, out_dtype=out_dtype, alloc=alloc,
+    )  # fmt: skip
     for r0, r1 in _row_chunks(target_shape, in_axis, max_chunk_elements, stream):
-        if exact is not None and stream is None and diag is None:
-            yield fastpath.gather(w, runs, idxs, r0, r1, w.dtype, exact, in_axis, alloc)
-            continue
-        if exact is not None and stream is None:
-            c = fastpath.gather(w, runs, idxs, r0, r1, w.dtype, alloc=alloc)
-            c.mul_(_diag_keep(diag, in_axis, in_div, c.dim(), r0, r1).to(c.dtype))
-            if exact != 1.0:
-                c.mul_(exact)
-            yield c
-            continue
-        if fast_noise:
-            rows = idxs[0][r0:r1]
-            yield fastpath.paired_noise(w, rows, stream, r0, r1, work_dtype, out_dtype, alloc)
+        if fast is not None:  # the same bytes as below, sooner
+            yield fast(r0, r1)
             continue
         # The reference route: gather, divide by copies on the input side, noise, scale.
         c = fastpath.gather(w, runs, idxs, r0, r1, work_dtype)
         if offset:
             c.add_(offset)
         if in_div is not None:
-            if diag is not None:
-                c.mul_(_diag_keep(diag, in_axis, in_div, c.dim(), r0, r1).to(work_dtype))
+            if keep is not None:
+                c.mul_(keep(r0, r1).to(work_dtype))
             else:
                 shape = [1] * c.dim()
                 shape[in_axis] = -1

@@ -32,7 +32,7 @@ def exact_multiplier(
     scale: float,
     in_axis: int | None,
     in_div: torch.Tensor | None,
-    diag_mask_parts: object,
+    diagonal: bool,
 ) -> float | torch.Tensor | None:
     """The multiplier (a number, or one per in-axis index) that gives, in `w`'s own
     half-precision dtype, exactly the bytes of the float32 route; None where it cannot."""
@@ -40,7 +40,7 @@ def exact_multiplier(
         return None
     if not is_pow2(scale):
         return None
-    if in_div is None or diag_mask_parts is not None:
+    if in_div is None or diagonal:
         multiplier: float | torch.Tensor = scale
     else:
         divisors = torch.unique(in_div.cpu()).tolist()
@@ -131,6 +131,46 @@ def gather(
         else:
             dst.copy_(src)
     return out
+
+
+def route(
+    w: torch.Tensor,
+    block_runs: list[list[tuple[int, int, int]]],
+    idxs: list[torch.Tensor],
+    in_axis: int | None,
+    in_div: torch.Tensor | None,
+    keep: Callable[[int, int], torch.Tensor] | None,
+    stream: NoiseStream | None,
+    *,
+    scale: float,
+    plain: bool,
+    work_dtype: torch.dtype,
+    out_dtype: torch.dtype,
+    alloc: Alloc | None,
+) -> Callable[[int, int], torch.Tensor] | None:
+    """A function giving target rows r0:r1 with the bytes of clone.widen's reference route,
+    or None where no fast route applies. `keep(r0, r1)` is the diagonal layout's mask;
+    `plain` says there is no offset and no per-index scale."""
+    if not plain:
+        return None
+    if stream is not None:
+        if scale != 1.0 or keep is not None or not noise_fits(stream, w, in_axis):
+            return None
+        return lambda r0, r1: paired_noise(
+            w, idxs[0][r0:r1], stream, r0, r1, work_dtype, out_dtype, alloc
+        )
+    exact = exact_multiplier(w, out_dtype, scale, in_axis, in_div, keep is not None)
+    if exact is None:
+        return None
+    if keep is None:
+        return lambda r0, r1: gather(w, block_runs, idxs, r0, r1, w.dtype, exact, in_axis, alloc)
+
+    def diagonal(r0: int, r1: int) -> torch.Tensor:
+        c = gather(w, block_runs, idxs, r0, r1, w.dtype, alloc=alloc)
+        c.mul_(keep(r0, r1).to(c.dtype))
+        return c.mul_(exact) if exact != 1.0 else c
+
+    return diagonal
 
 
 def noise_fits(stream: NoiseStream, w: torch.Tensor, in_axis: int) -> bool:
