@@ -16,6 +16,7 @@ maps subtract the mean over the copies with index_add. Every element has varianc
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ import torch
 
 NOISE_VERSION = "2"  # the stream: record it with the seed; bump when the bytes change
 BLOCK_ELEMENTS = 1 << 16  # target elements per logical block: part of the seeded bytes
-WORKERS: int | None = None  # threads drawing blocks; None: torch.get_num_threads()
+WORKERS: int | None = None  # threads drawing blocks; None: every core (the draws are serial
+# within a block, so they use the writer's core too while it waits on the disk)
 _STD_ROW = 4096  # sum of squares per row of this many elements, then summed exactly
 _STD_BITS = 12  # std rounded to this many bits: a summation order cannot move a byte
 
@@ -131,7 +133,7 @@ class NoiseStream:
             out[b * br - lo : min((b + 1) * br, hi) - lo].normal_(0.0, self.std, generator=g)
 
         blocks = range(b0, b1)
-        workers = WORKERS or torch.get_num_threads()
+        workers = WORKERS or _cores()
         if workers > 1 and len(blocks) > 1:
             list(_pool(workers).map(fill, blocks))
         else:
@@ -154,6 +156,13 @@ def _block_seed(tensor_seed: int, block: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     return (z ^ (z >> 31)) >> 1  # 63 bits
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
