@@ -195,7 +195,10 @@ def paired_noise(
     half = w.index_select(0, rows).to(work_dtype).div_(2)  # (rows, in): W/2, as the reference
     e = stream.half(r0, r1).to(w.device)  # (rows, outer, inner)
     shape = (r1 - r0, 2 * w.shape[1])
-    out = alloc(shape, out_dtype) if alloc is not None else torch.empty(shape, dtype=out_dtype)
+    if alloc is not None:
+        out = alloc(shape, out_dtype)
+    else:
+        out = torch.empty(shape, dtype=out_dtype, device=w.device)
     copies = out.view(*e.shape[:-1], 2, e.shape[-1])
     half = half.view(e.shape)
     total = torch.add(half, e.to(work_dtype))
