@@ -22,6 +22,7 @@ GREEDY_NEW_TOKENS = 8
 def verify_full(
     src: Path, dst: Path, ids: torch.Tensor, tolerance: float, device: str
 ) -> VerifyReport:
+    """Load `src`, then `dst`, with transformers and compare their logits on `ids`."""
     prompt = ids[:1, :GREEDY_PROMPT_TOKENS]
     # One model at a time: the wide model alone sets the peak, not both together.
     model, info = _load_full(src, device)

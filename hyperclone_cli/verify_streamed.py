@@ -39,6 +39,7 @@ def verify_streamed(
     tolerance: float,
     device: str,
 ) -> VerifyReport:
+    """Run `ids` through the meta-built models, reading their weights module by module."""
     src_layers, prefix = _decoder_layers(src_model)
     dst_layers, _ = _decoder_layers(dst_model)
     if len(src_layers) != len(dst_layers):
