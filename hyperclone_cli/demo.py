@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         rss_expand = usage.ru_maxrss * 1024
         s = json.loads(stdout.read())
 
-    from .verify import verify
+    from .verification import verify
 
     report = verify(src, dst)
     figures = {

@@ -9,7 +9,7 @@ from .plan import Plan
 from .writer import ShardResult
 
 if TYPE_CHECKING:
-    from .verify import VerifyReport
+    from .verification import VerifyReport
 
 
 def model_card(plan: Plan, shards: list[ShardResult], report: VerifyReport | None) -> str:

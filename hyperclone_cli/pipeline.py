@@ -26,7 +26,7 @@ from .staging import check_destination, staged_output
 from .writer import CHUNK_BYTES, BackgroundWriter, ProgressFn, ShardResult
 
 if TYPE_CHECKING:
-    from .verify import VerifyReport
+    from .verification import VerifyReport
 
 # noisy tensors go the float32 route with a few temporaries per chunk: smaller chunks stay
 # in cache (the noise itself is drawn per fixed row block, so the bytes do not depend on it)
@@ -116,7 +116,7 @@ def expand(
         write_metadata(plan, source, stage.tmp)
         report = None
         if recipe.verify:
-            from .verify import verify
+            from .verification import verify
 
             report = verify(src, stage.tmp, tolerance=recipe.verify_tolerance, device=str(device))
             result.verification = report
