@@ -129,6 +129,7 @@ def verify(
     seq_len: int = 32,
     seed: int = 0,
     device: str = "cpu",
+    revision: str | None = None,
 ) -> VerifyReport:
     """Run one token batch through `src` and its widened `dst`; compare the logits.
 
@@ -143,7 +144,10 @@ def verify(
     misses weights, or when streamed mode meets a layout it cannot read tensor by tensor
     (checkpoints whose tensors transformers merges on load, such as per-expert MoE files).
     """
-    src, dst = Path(src), Path(dst)
+    from .hub import resolve_source
+
+    # either may be a hub id; `revision` is the source's
+    src, dst = resolve_source(src, revision), resolve_source(dst)
     src_config, dst_config = _load_config(src), _load_config(dst)
     if tolerance is None:
         tolerance = default_tolerance(dst)
