@@ -23,6 +23,11 @@ VERIFY_FIGURES = (
 )
 
 
+def cell(value: object) -> str:
+    """A value inside a markdown table: a bare '|' (as in max |Δlogit|) would end the cell."""
+    return str(value).replace("|", "\\|")
+
+
 def model_card(plan: Plan, shards: list[ShardResult], report: VerifyReport | None) -> str:
     """`report` is the VerifyReport, or None when verification was switched off."""
     prov = plan.provenance()
@@ -49,7 +54,7 @@ def model_card(plan: Plan, shards: list[ShardResult], report: VerifyReport | Non
         "",
         "| setting | value |",
         "|---|---|",
-        *(f"| {k} | {v} |" for k, v in rows),
+        *(f"| {k} | {cell(v)} |" for k, v in rows),
         "",
     ]
     if d is not None:

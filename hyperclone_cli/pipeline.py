@@ -58,7 +58,7 @@ class ExpandResult:
             "attention": r.attention,
             "kv_heads": r.kv_heads,
             "layout": r.layout,
-            "dtype": r.dtype or "source",
+            "dtype": "/".join(sorted({str(t.dtype).removeprefix("torch.") for t in p.tensors})),
             "noise_snr_db": r.noise,
             "seed": r.seed,
             "source_params": self.source_params,

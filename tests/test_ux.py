@@ -128,6 +128,8 @@ def src(tmp_path):
 
 
 def test_expand_table_says_what_was_done(src, tmp_path, cli):
+    from hyperclone_cli.modelcard import cell
+
     args = ("--factor", "2", "--noise", "10", "--seed", "3", "--dtype", "bf16")
     code, out, err = cli("expand", src, tmp_path / "dst", *args)
     assert code == 0, err
@@ -146,7 +148,8 @@ def test_expand_table_says_what_was_done(src, tmp_path, cli):
     summary = json.loads(cli("expand", src, tmp_path / "d2", *args, "--json")[1])
     # the card carries every setting row of the summary, word for word
     for label, value in summary["settings"].items():
-        assert f"| {label} | {value} |" in card
+        assert f"| {label} | {cell(value)} |" in card
+    assert "| verification | pass: rel error" in card and "max \\|Δlogit\\|" in card
     assert "| dtype | bfloat16 (source float32) |" in card
     assert "## Verification" in card and "| passed | True |" in card
 
