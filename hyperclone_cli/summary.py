@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .noise import NOISE_VERSION
 from .plan import Plan
 from .units import format_size
 
@@ -31,7 +32,10 @@ def dtype_words(counts: Mapping[str, int]) -> str:
 
 
 def noise_words(noise: float | None, seed: int) -> str:
-    return "off (exact copies)" if noise is None else f"SNR {noise:g} dB, seed {seed}"
+    """The noise as asked for; the generator's version says which bytes a seed gives."""
+    if noise is None:
+        return "off (exact copies)"
+    return f"SNR {noise:g} dB, seed {seed} (generator v{NOISE_VERSION})"
 
 
 def setting_rows(plan: Plan) -> list[tuple[str, str]]:
