@@ -107,17 +107,19 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
         raise HypercloneError(
             f"{repo_id}: no revision {revision} on the hub; check --revision"
         ) from e
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+    except Exception as e:
+        if not isinstance(e, (HfHubHTTPError, LocalEntryNotFoundError, OSError)) and not (
+            _network_error(e)
+        ):
+            raise
         raise HypercloneError(
             f"{repo_id}: no such directory, not in the Hugging Face cache{at}, and the hub "
             f"cannot be reached ({type(e).__name__}); run `{fetch}` where it can, or give a "
             "local directory"
         ) from e
-    except Exception as e:  # httpx's connection errors do not derive from OSError
-        if "Connect" in type(e).__name__ or "Timeout" in type(e).__name__:
-            raise HypercloneError(
-                f"{repo_id}: no such directory, not in the Hugging Face cache{at}, and the hub "
-                f"cannot be reached ({type(e).__name__}); run `{fetch}` where it can, or give "
-                "a local directory"
-            ) from e
-        raise
+
+
+def _network_error(e: BaseException) -> bool:
+    """A connection or timeout error of the hub's HTTP client (httpx, or its fork httpx2,
+    depending on the huggingface_hub version; requests' errors are OSErrors)."""
+    return any(c.__name__ in ("TransportError", "NetworkError") for c in type(e).__mro__)

@@ -118,6 +118,69 @@ def test_only_config_tokenizer_and_one_weight_format_are_fetched():
     assert files_to_fetch(sharded_bin) == sorted(sharded_bin)
 
 
+class FakeHub:
+    """The hub's two calls, faked: the repository's file list, and a download that writes
+    only the files asked for. Nothing leaves the machine."""
+
+    def __init__(self, checkpoint: Path, tmp: Path, unreachable: Exception | None = None):
+        self.checkpoint, self.tmp, self.unreachable = checkpoint, tmp, unreachable
+        self.asked: list[str] = []
+
+    def list_repo_files(self, repo_id, revision=None):
+        if self.unreachable:
+            raise self.unreachable
+        return [f.name for f in self.checkpoint.iterdir()] + ["onnx/model.onnx", "README.md"]
+
+    def snapshot_download(self, repo_id, revision=None, local_files_only=False, **kw):
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        self.asked = kw["allow_patterns"]
+        out = self.tmp / "downloaded"
+        out.mkdir()
+        for name in self.asked:
+            shutil.copy2(self.checkpoint / name, out / name)
+        return str(out)
+
+
+def online(monkeypatch, fake: FakeHub) -> None:
+    import huggingface_hub
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: fake)
+
+
+def test_not_cached_downloads_only_what_the_plan_needs(hub, tmp_path, monkeypatch, cli):
+    ckpt = tiny.save(tiny.llama_config(), tmp_path / "remote")
+    (ckpt / "tokenizer.json").write_text("{}")
+    (ckpt / "pytorch_model.bin").write_bytes(b"not wanted")
+    fake = FakeHub(ckpt, tmp_path)
+    online(monkeypatch, fake)
+    code, out, err = cli("inspect", "org/remote", "--json")
+    assert code == 0, err
+    assert fake.asked == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+
+
+def test_unreachable_hub_is_one_line_saying_how_to_get_the_files(hub, tmp_path, monkeypatch, cli):
+    import importlib.util
+
+    # the hub's HTTP client: httpx, or its fork httpx2 in recent huggingface_hub releases
+    httpx = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+
+    fake = FakeHub(tmp_path, tmp_path, unreachable=httpx.ConnectError("no route to host"))
+    online(monkeypatch, fake)
+    code, out, err = cli("expand", "org/remote", tmp_path / "wide")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "the hub cannot be reached (ConnectError)" in err and "hf download org/remote" in err
+
+
 # --- the summary, the model card, inspect: the same rows and words -----------------------
 
 
