@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import warnings
 from enum import Enum
@@ -240,7 +241,7 @@ def verify(
     """Run the same tokens through SRC and DST and compare the logits."""
     from .pipeline import resolve_device
     from .summary import verification_words
-    from .verify import verify as run_verify
+    from .verification import verify as run_verify
 
     dev = resolve_device(_val(device) or "auto")
     report = run_verify(
@@ -386,6 +387,37 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+# typer checks option types with pydantic: its wording, put in ours
+_TYPE_WORDS = {
+    "Input should be a valid integer, unable to parse string as an integer": (
+        "must be a whole number"
+    ),
+    "Input should be a valid number, unable to parse string as a number": "must be a number",
+}
+
+
+def _usage_message(e: Exception, args: list[str]) -> str:
+    """A usage error as one line in our words: `option --flag: what is wrong (got 'value')`."""
+    message = e.format_message()  # type: ignore[attr-defined]
+    param = getattr(e, "param", None)
+    opts = list(getattr(param, "opts", None) or [])
+    if not opts or not message.startswith("Invalid value for"):
+        return message
+    what = message.split(": ", 1)[-1].removeprefix("Value error, ")
+    what = _TYPE_WORDS.get(what.rstrip("."), what)
+    what = re.sub(r"^'.*' is not one of (.*)\.$", r"must be one of \1", what)
+    flag = max(opts, key=len)
+    got = next(
+        (
+            a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else None)
+            for i, a in enumerate(args)
+            if a in opts or a.split("=", 1)[0] in opts
+        ),
+        None,
+    )
+    return f"option {flag}: {what}" + (f" (got {got!r})" if got is not None else "")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes one line on stderr and an exit code."""
     args = list(argv if argv is not None else sys.argv[1:])
@@ -411,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(EXIT_USAGE)
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "hyperclone"
-        _fail(f"hyperclone: error: {e.format_message()} (see '{where} --help')", EXIT_USAGE)
+        _fail(f"hyperclone: error: {_usage_message(e, args)} (see '{where} --help')", EXIT_USAGE)
     except (*_ABORTS, KeyboardInterrupt):
         _fail("hyperclone: error: interrupted; nothing was written", EXIT_SIGINT)
     except HypercloneError as e:

@@ -10,7 +10,7 @@ from .summary import setting_rows, verification_words
 from .writer import ShardResult
 
 if TYPE_CHECKING:
-    from .verify import VerifyReport
+    from .verification import VerifyReport
 
 VERIFY_FIGURES = (
     "mode",

@@ -28,7 +28,7 @@ from .summary import result_rows, setting_rows
 from .writer import CHUNK_BYTES, BackgroundWriter, ProgressFn, ShardResult
 
 if TYPE_CHECKING:
-    from .verify import VerifyReport
+    from .verification import VerifyReport
 
 # noisy tensors go the float32 route with a few temporaries per chunk: smaller chunks stay
 # in cache (the noise itself is drawn per fixed row block, so the bytes do not depend on it)
@@ -134,7 +134,7 @@ def expand(
         write_metadata(plan, source, stage.tmp)
         report = None
         if recipe.verify:
-            from .verify import verify
+            from .verification import verify
 
             mode = verification_mode(recipe, source_params, plan.target_params)
             report = verify(

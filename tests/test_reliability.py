@@ -531,7 +531,7 @@ def test_verify_refuses_a_bin_with_code_before_it_runs(position, src, models, tm
 )
 def test_bad_factor(value, code, src, dst):
     line = expand_fails(src, dst, code, "--factor", args=("--factor", value))
-    assert "2 to 64" in line or "valid integer" in line
+    assert "2 to 64" in line or "whole number" in line
     assert "Input should" not in line and "Value error" not in line
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections import namedtuple
 from pathlib import Path
@@ -12,9 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+# The package exports the function `verify` under the module's name.
+import hyperclone_cli.verification as verify_module
+import hyperclone_cli.verify_streamed as streamed_module
 from hyperclone_cli.checkpoint import Checkpoint, open_checkpoint
 from hyperclone_cli.errors import EXIT_VERIFY, HypercloneError, VerificationError
-from hyperclone_cli.verify import (
+from hyperclone_cli.verification import (
     TOLERANCE_FP32,
     TOLERANCE_HALF,
     VerifyReport,
@@ -22,10 +24,6 @@ from hyperclone_cli.verify import (
     stored_dtype,
     verify,
 )
-
-# The package exports the function `verify` under the module's name.
-verify_module = importlib.import_module("hyperclone_cli.verify")
-streamed_module = importlib.import_module("hyperclone_cli.verify_streamed")
 
 N = 2  # widening factor used throughout
 
