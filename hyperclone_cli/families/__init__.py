@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 from ..errors import HypercloneError
+from .apertus import APERTUS
 from .base import IN, OUT, Dims, Family, Role
-from .gemma import GEMMA, GEMMA3
+from .bitnet import BITNET
+from .cohere import COHERE
+from .diffllama import DIFFLLAMA
+from .doge import DOGE
+from .exaone import EXAONE, EXAONE4
+from .gemma import GEMMA, GEMMA3, VAULTGEMMA
+from .glm import GLM
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
+from .hunyuan import HUNYUAN_DENSE
+from .jais2 import JAIS2
 from .llama import LLAMA
+from .llama_variants import (
+    ARCEE,
+    CWM,
+    ERNIE4_5,
+    GRANITE,
+    GRANITE_SWA,
+    HELIUM,
+    HYPERCLOVAX,
+    MINISTRAL,
+    MINISTRAL3,
+    SEED_OSS,
+    SMOLLM3,
+)
+from .mla import MINICPM3, YOUTU
+from .nemotron import NEMOTRON
 from .olmo import OLMO, OLMO2
 from .opt import OPT
 from .phi3 import PHI3
@@ -26,12 +50,40 @@ FAMILIES: tuple[Family, ...] = (
     OPT,
     GPT2,
     GPT_NEOX,
+    ARCEE,
+    CWM,
+    HELIUM,
+    MINISTRAL,
+    MINISTRAL3,
+    SEED_OSS,
+    SMOLLM3,
+    ERNIE4_5,
+    GRANITE,
+    GRANITE_SWA,
+    HYPERCLOVAX,
+    EXAONE,
+    EXAONE4,
+    VAULTGEMMA,
+    COHERE,
+    NEMOTRON,
+    APERTUS,
+    BITNET,
+    HUNYUAN_DENSE,
+    JAIS2,
+    GLM,
+    DOGE,
+    YOUTU,
+    MINICPM3,
+    DIFFLLAMA,
 )
 
 
 def family_for(config: dict) -> Family:
     archs = config.get("architectures") or []
     model_type = config.get("model_type")
+    for fam in FAMILIES:  # both match: EXAONE is saved as LlamaForCausalLM, model_type exaone
+        if model_type in fam.model_types and any(a in fam.architectures for a in archs):
+            return fam
     for fam in FAMILIES:
         if any(a in fam.architectures for a in archs):
             return fam
