@@ -294,6 +294,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             scale *= embed_mult
         if name in keepers and tie == "kept":
             scale *= tie_scale
+        scale *= math.prod(f(n) for p, f in family.scaled if re.fullmatch(p, name))
         widened_in = any(a.side == IN and a.widened for a in axes)
         widened_out = any(a.side == OUT and a.widened for a in axes)
         tensors.append(

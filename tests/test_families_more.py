@@ -45,6 +45,7 @@ MLA = dict(
     q_lora_rank=10,
     head_dim=4,
 )
+DORY = dict(num_hidden_layers=4, n_input_layers=1, n_output_layers=1, n_recurrent_loops=2)
 
 # case → (model_type, config overrides, family)
 CASES = {
@@ -77,6 +78,8 @@ CASES = {
     "youtu-tied": ("youtu", MLA, "youtu"),
     "minicpm3-tied": ("minicpm3", MLA | {"dim_model_base": 8, "scale_emb": 2.0}, "minicpm3"),
     "minicpm3-no-q-lora": ("minicpm3", MLA | {"q_lora_rank": None}, "minicpm3"),
+    "dory": ("dory", DORY, "dory"),
+    "dory-tied": ("dory", DORY | {"tie_word_embeddings": True}, "dory"),
     "diffllama": ("diffllama", {}, "diffllama"),
     "diffllama-h8": ("diffllama", {"num_attention_heads": 8, "head_dim": 4}, "diffllama"),
 }
@@ -95,6 +98,8 @@ EXTRA = [
     ("minicpm3-tied", {"factor": 2, "noise": 10.0}),
     ("diffllama", {"factor": 2, "noise": 10.0}),
     ("bitnet", {"factor": 2, "kv_heads": "keep"}),
+    ("dory-tied", {"factor": 2, "noise": 10.0}),
+    ("dory-tied", {"factor": 2, "tie": "untie"}),
 ]
 
 
@@ -105,14 +110,16 @@ def _config(name: str):
 
 def _spread_all(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """tiny.spread, then every other vector or scalar parameter (attention sinks, residual
-    gains, xIELU scalars, λ) moved away from its initial value too."""
+    gains, xIELU scalars, λ, nGPT scales) moved away from its initial value too: by ±30 % of
+    it (Dory's scales are tiny numbers that multiply large ones), or by N(0, 0.3) from 0."""
     tiny.spread(model, seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             plain = p.dim() <= 1 and not name.endswith("bias")
             if plain and not ("norm" in name and name.endswith("weight")):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
+                r = 0.3 * torch.randn(p.shape, generator=g)
+                p.mul_(1 + r) if p.abs().max() > 0 else p.add_(r)
     return model.eval()
 
 

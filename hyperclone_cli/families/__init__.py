@@ -9,6 +9,7 @@ from .bitnet import BITNET
 from .cohere import COHERE
 from .diffllama import DIFFLLAMA
 from .doge import DOGE
+from .dory import DORY
 from .exaone import EXAONE, EXAONE4
 from .gemma import GEMMA, GEMMA3, VAULTGEMMA
 from .glm import GLM
@@ -75,6 +76,7 @@ FAMILIES: tuple[Family, ...] = (
     YOUTU,
     MINICPM3,
     DIFFLLAMA,
+    DORY,
 )
 
 

@@ -107,6 +107,9 @@ class Family:
     tie_keepers: tuple[str, ...] = ()  # regexes, in order of preference, scaled to keep a tie
     ignored: tuple[str, ...] = ()  # regexes of stored buffers transformers recomputes
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
+    # regex → multiplier of n, for tensors whose forward-pass constant grows with the width
+    # (Dory's logit scale meets hidden states of norm 1, not copies): applied on top of all else
+    scaled: tuple[tuple[str, Callable[[int], float]], ...] = ()
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
     supports_kv_keep: bool = True
 
