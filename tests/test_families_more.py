@@ -15,6 +15,8 @@ from test_families import IDS, _greedy, assert_same_function
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hyperclone_cli.errors import HypercloneError
+from hyperclone_cli.families import family_for
+from hyperclone_cli.families.refusals import REFUSED
 from hyperclone_cli.pipeline import expand
 
 SMALL = dict(
@@ -80,6 +82,8 @@ CASES = {
     "minicpm3-no-q-lora": ("minicpm3", MLA | {"q_lora_rank": None}, "minicpm3"),
     "dory": ("dory", DORY, "dory"),
     "dory-tied": ("dory", DORY | {"tie_word_embeddings": True}, "dory"),
+    "nanochat": ("nanochat", {"final_logit_softcapping": 3.0}, "nanochat"),
+    "nanochat-tied": ("nanochat", {"tie_word_embeddings": True}, "nanochat"),
     "diffllama": ("diffllama", {}, "diffllama"),
     "diffllama-h8": ("diffllama", {"num_attention_heads": 8, "head_dim": 4}, "diffllama"),
 }
@@ -154,7 +158,8 @@ def test_dense_family_expands_exactly(sources, tmp_path, name, opts):
     plan = expand(src, tmp_path / "wide", verify=False, **opts).plan
     assert plan.family.name == CASES[name][2]
     tied = _config(name).tie_word_embeddings
-    assert plan.tie == ("none" if not tied else "untied" if opts.get("tie") else "kept")
+    untied = opts.get("tie") == "untie" or not plan.family.tie_keepers  # NanoChat: no gains
+    assert plan.tie == ("none" if not tied else "untied" if untied else "kept")
     assert plan.sizes["hidden"] == opts["factor"] * plan.dims.hidden
     assert_same_function(src_logits, src_tokens, tmp_path / "wide")
 
@@ -172,3 +177,22 @@ def test_kv_keep_refused_where_heads_pair_or_own_their_kv(sources, tmp_path, nam
     src, _, _ = sources(name)
     with pytest.raises(HypercloneError, match="--kv-heads keep is not possible"):
         expand(src, tmp_path / "wide", verify=False, factor=2, kv_heads="keep")
+
+
+@pytest.mark.parametrize("arch", sorted(REFUSED))
+def test_refused_architectures_name_their_reason(arch):
+    with pytest.raises(HypercloneError) as e:
+        family_for({"architectures": [arch], "model_type": "x"})
+    message = str(e.value)
+    assert message.startswith(f"config.json: {arch} cannot be widened exactly: ")
+    assert REFUSED[arch] in message and "unsupported" not in message
+
+
+def test_refusal_reaches_the_cli_as_one_line(tmp_path, cli):
+    src = tiny.save(tiny.llama_config(), tmp_path / "src")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["architectures"] = ["Gemma4UnifiedForCausalLM"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    code, _, err = cli("expand", src, tmp_path / "wide", "--factor", "2")
+    assert code == 1 and "cannot be widened exactly: per-layer head sizes" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "wide").exists()

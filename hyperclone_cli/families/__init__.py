@@ -32,12 +32,14 @@ from .llama_variants import (
     SMOLLM3,
 )
 from .mla import MINICPM3, YOUTU
+from .nanochat import NANOCHAT
 from .nemotron import NEMOTRON
 from .olmo import OLMO, OLMO2
 from .opt import OPT
 from .phi3 import PHI3
 from .qwen2 import QWEN2
 from .qwen3 import QWEN3
+from .refusals import REFUSED
 
 FAMILIES: tuple[Family, ...] = (
     LLAMA,
@@ -77,6 +79,7 @@ FAMILIES: tuple[Family, ...] = (
     MINICPM3,
     DIFFLLAMA,
     DORY,
+    NANOCHAT,
 )
 
 
@@ -89,11 +92,17 @@ def family_for(config: dict) -> Family:
     for fam in FAMILIES:
         if any(a in fam.architectures for a in archs):
             return fam
+    for arch in archs:
+        if arch in REFUSED:
+            raise HypercloneError(
+                f"config.json: {arch} cannot be widened exactly: {REFUSED[arch]}; "
+                "hyperclone refuses rather than approximate"
+            )
     for fam in FAMILIES:
         if model_type in fam.model_types:
             return fam
     what = ", ".join(archs) if archs else f"model_type {model_type!r}"
-    supported = ", ".join(a for f in FAMILIES for a in f.architectures)
+    supported = ", ".join(dict.fromkeys(a for f in FAMILIES for a in f.architectures))
     raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")
 
 
