@@ -47,6 +47,14 @@ MLA = dict(
     q_lora_rank=10,
     head_dim=4,
 )
+MBERT = dict(
+    num_key_value_heads=4,
+    norm_bias=True,
+    mlp_bias=True,
+    attention_bias=True,
+    classifier_bias=True,
+    decoder_bias=True,
+)
 DORY = dict(num_hidden_layers=4, n_input_layers=1, n_output_layers=1, n_recurrent_loops=2)
 
 # case → (model_type, config overrides, family)
@@ -84,6 +92,12 @@ CASES = {
     "dory-tied": ("dory", DORY | {"tie_word_embeddings": True}, "dory"),
     "nanochat": ("nanochat", {"final_logit_softcapping": 3.0}, "nanochat"),
     "nanochat-tied": ("nanochat", {"tie_word_embeddings": True}, "nanochat"),
+    "modernbert-decoder-tied": ("modernbert-decoder", MBERT, "modernbert-decoder"),
+    "modernbert-decoder": (
+        "modernbert-decoder",
+        MBERT | {"tie_word_embeddings": False, "num_attention_heads": 2, "head_dim": 16},
+        "modernbert-decoder",
+    ),
     "diffllama": ("diffllama", {}, "diffllama"),
     "diffllama-h8": ("diffllama", {"num_attention_heads": 8, "head_dim": 4}, "diffllama"),
 }
@@ -102,6 +116,8 @@ EXTRA = [
     ("minicpm3-tied", {"factor": 2, "noise": 10.0}),
     ("diffllama", {"factor": 2, "noise": 10.0}),
     ("bitnet", {"factor": 2, "kv_heads": "keep"}),
+    ("modernbert-decoder-tied", {"factor": 2, "noise": 10.0}),
+    ("modernbert-decoder-tied", {"factor": 2, "tie": "untie"}),
     ("dory-tied", {"factor": 2, "noise": 10.0}),
     ("dory-tied", {"factor": 2, "tie": "untie"}),
 ]
@@ -172,7 +188,7 @@ def test_minicpm3_keeps_its_logit_divisor(sources, tmp_path):
     assert (cfg["hidden_size"], cfg["dim_model_base"]) == (96, 24)
 
 
-@pytest.mark.parametrize("name", ["diffllama", "youtu-tied"])
+@pytest.mark.parametrize("name", ["diffllama", "youtu-tied", "modernbert-decoder"])
 def test_kv_keep_refused_where_heads_pair_or_own_their_kv(sources, tmp_path, name):
     src, _, _ = sources(name)
     with pytest.raises(HypercloneError, match="--kv-heads keep is not possible"):

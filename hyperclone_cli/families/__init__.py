@@ -32,6 +32,7 @@ from .llama_variants import (
     SMOLLM3,
 )
 from .mla import MINICPM3, YOUTU
+from .modernbert import MODERNBERT_DECODER
 from .nanochat import NANOCHAT
 from .nemotron import NEMOTRON
 from .olmo import OLMO, OLMO2
@@ -80,6 +81,7 @@ FAMILIES: tuple[Family, ...] = (
     DIFFLLAMA,
     DORY,
     NANOCHAT,
+    MODERNBERT_DECODER,
 )
 
 
