@@ -118,6 +118,8 @@ EXTRA = [
     ("bitnet", {"factor": 2, "kv_heads": "keep"}),
     ("modernbert-decoder-tied", {"factor": 2, "noise": 10.0}),
     ("modernbert-decoder-tied", {"factor": 2, "tie": "untie"}),
+    ("dory", {"factor": 3, "ffn_factor": 2, "layout": "diagonal"}),
+    ("diffllama-h8", {"factor": 3, "ffn_factor": 2, "layout": "diagonal", "noise": 10.0}),
     ("dory-tied", {"factor": 2, "noise": 10.0}),
     ("dory-tied", {"factor": 2, "tie": "untie"}),
 ]
