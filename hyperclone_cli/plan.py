@@ -151,7 +151,7 @@ def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dic
     maps["head"] = tile_map(hd, n) if recipe.attention == "head-dim" else identity_map(hd)
     # one entry per head (attention sinks, Cohere's (heads, head_dim) q/k norms): the head
     # order of the q and kv maps, read at the first index of each target head
-    maps["q_heads"] = maps["q"][::head_dim] // hd
+    maps["heads"] = maps["q"][::head_dim] // hd
     maps["kv_heads"] = maps["kv"][::head_dim] // hd
     # differential attention (DiffLlama) subtracts head H/2 + i from head i: heads are
     # copied within their half, so the pairs stay aligned (head replication only)
@@ -178,7 +178,7 @@ def _axis(space, side: str, size: int, maps: dict[str, torch.Tensor], name: str,
     if parts == ("fixed",):
         return AxisMap(identity_map(size), size, side)
     if parts == ("q_head_blocks",):  # MLA: rows per query head of any width, heads copied
-        heads = maps["q_heads"]
+        heads = maps["heads"]
         count = int(heads.max()) + 1
         if size % count:
             raise HypercloneError(

@@ -40,7 +40,7 @@ from .opt import OPT
 from .phi3 import PHI3
 from .qwen2 import QWEN2
 from .qwen3 import QWEN3
-from .refusals import REFUSED
+from .refusals import refused
 
 FAMILIES: tuple[Family, ...] = (
     LLAMA,
@@ -94,12 +94,9 @@ def family_for(config: dict) -> Family:
     for fam in FAMILIES:
         if any(a in fam.architectures for a in archs):
             return fam
-    for arch in archs:
-        if arch in REFUSED:
-            raise HypercloneError(
-                f"config.json: {arch} cannot be widened exactly: {REFUSED[arch]}; "
-                "hyperclone refuses rather than approximate"
-            )
+    refusal = refused(archs, model_type)  # before model_type: the class names the graph
+    if refusal:
+        raise HypercloneError(f"config.json: {refusal}")
     for fam in FAMILIES:
         if model_type in fam.model_types:
             return fam

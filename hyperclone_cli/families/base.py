@@ -4,8 +4,9 @@ config keys to widen. What is *done* to it lives in plan.py and clone.py.
 A role names, for each axis of a tensor, the *space* the axis lives in and its *side*:
 - spaces: "hidden" (the residual stream), "embed" (OPT's word_embed_proj_dim), "ffn",
   "q" (query heads × head_dim), "kv" (key/value heads × head_dim), "qkv" (GPT-NeoX's
-  per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "q_heads" and
-  "kv_heads" (one entry per head: attention sinks, Cohere's (heads, head_dim) q/k norms),
+  per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "heads" and
+  "kv_heads" (one entry per query / key-value head: attention sinks, Cohere's (heads,
+  head_dim) q/k norms, Doge's per-kv-head rates),
   "q_head_blocks" (per query head, a block of any width: MLA's q_b/kv_b/o projections),
   "q_halves"/"kv_halves" (q or kv, heads copied within each half: differential attention),
   "fixed" (never widens: vocabulary, positions, latent ranks, scalars);

@@ -24,7 +24,7 @@ COHERE = replace(
         (L + r"input_layernorm\.weight", norm()),
         (r"model\.norm\.weight", norm()),
         (r"lm_head\.weight", head()),
-        (L + r"self_attn\.q_norm\.weight", Role((("q_heads", OUT), ("head", OUT)))),
+        (L + r"self_attn\.q_norm\.weight", Role((("heads", OUT), ("head", OUT)))),
         (L + r"self_attn\.k_norm\.weight", Role((("kv_heads", OUT), ("head", OUT)))),
     ),
     default_tie=True,

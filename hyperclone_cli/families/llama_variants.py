@@ -36,7 +36,7 @@ GRANITE = _variant("granite", "GraniteForCausalLM")
 GRANITE_SWA = _variant(
     "granite_swa",
     "GraniteSWAForCausalLM",
-    tensors=(*LLAMA.tensors, (L + r"self_attn\.sinks", bias("q_heads"))),
+    tensors=(*LLAMA.tensors, (L + r"self_attn\.sinks", bias("heads"))),
     default_tie=True,
 )
 HYPERCLOVAX = _variant(
