@@ -130,6 +130,7 @@ def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dic
         "hidden": tile_map(dims.hidden, n),
         "embed": tile_map(dims.embed, n),
         "ffn": tile_map(dims.ffn, m),
+        "ffn_half": tile_map(dims.ffn // 2, m),  # Moshi: ffn_dim counts gate and up together
     }
     if recipe.attention == "head-dim":
         # each head keeps its place and grows: its rows repeated next to each other

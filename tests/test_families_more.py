@@ -98,6 +98,7 @@ CASES = {
         MBERT | {"tie_word_embeddings": False, "num_attention_heads": 2, "head_dim": 16},
         "modernbert-decoder",
     ),
+    "moshi": ("moshi", {"ffn_dim": 96}, "moshi"),
     "diffllama": ("diffllama", {}, "diffllama"),
     "diffllama-h8": ("diffllama", {"num_attention_heads": 8, "head_dim": 4}, "diffllama"),
 }
@@ -120,6 +121,8 @@ EXTRA = [
     ("modernbert-decoder-tied", {"factor": 2, "tie": "untie"}),
     ("dory", {"factor": 3, "ffn_factor": 2, "layout": "diagonal"}),
     ("diffllama-h8", {"factor": 3, "ffn_factor": 2, "layout": "diagonal", "noise": 10.0}),
+    ("moshi", {"factor": 2, "ffn_factor": 3, "noise": 10.0}),
+    ("moshi", {"factor": 2, "kv_heads": "keep"}),
     ("dory-tied", {"factor": 2, "noise": 10.0}),
     ("dory-tied", {"factor": 2, "tie": "untie"}),
 ]

@@ -33,6 +33,7 @@ from .llama_variants import (
 )
 from .mla import MINICPM3, YOUTU
 from .modernbert import MODERNBERT_DECODER
+from .moshi import MOSHI
 from .nanochat import NANOCHAT
 from .nemotron import NEMOTRON
 from .olmo import OLMO, OLMO2
@@ -82,6 +83,7 @@ FAMILIES: tuple[Family, ...] = (
     DORY,
     NANOCHAT,
     MODERNBERT_DECODER,
+    MOSHI,
 )
 
 

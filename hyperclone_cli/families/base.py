@@ -3,6 +3,7 @@ config keys to widen. What is *done* to it lives in plan.py and clone.py.
 
 A role names, for each axis of a tensor, the *space* the axis lives in and its *side*:
 - spaces: "hidden" (the residual stream), "embed" (OPT's word_embed_proj_dim), "ffn",
+  "ffn_half" (half of it, where the config's size counts gate and up together),
   "q" (query heads × head_dim), "kv" (key/value heads × head_dim), "qkv" (GPT-NeoX's
   per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "heads" and
   "kv_heads" (one entry per query / key-value head: attention sinks, Cohere's (heads,
