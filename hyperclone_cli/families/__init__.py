@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from ..errors import HypercloneError
 from .base import IN, OUT, Dims, Family, Role
+from .refusals import refused
 from .gemma import GEMMA, GEMMA3
+from .biogpt import BIOGPT
+from .bloom import BLOOM
+from .falcon import FALCON
 from .gpt2 import GPT2
+from .gpt_bigcode import GPT_BIGCODE
+from .gpt_neo import GPT_NEO
 from .gpt_neox import GPT_NEOX
+from .gptj import CODEGEN, GPTJ
 from .llama import LLAMA
 from .olmo import OLMO, OLMO2
+from .mpt import MPT
+from .openai_gpt import OPENAI_GPT
 from .opt import OPT
+from .persimmon import PERSIMMON
+from .phi import PHI
 from .phi3 import PHI3
 from .qwen2 import QWEN2
 from .qwen3 import QWEN3
+from .stablelm import STABLELM
+from .starcoder2 import STARCODER2
 
 FAMILIES: tuple[Family, ...] = (
     LLAMA,
@@ -26,18 +39,38 @@ FAMILIES: tuple[Family, ...] = (
     OPT,
     GPT2,
     GPT_NEOX,
+    # GPT-style, fused and ALiBi families (issue 11)
+    GPT_NEO,
+    GPTJ,
+    CODEGEN,
+    GPT_BIGCODE,
+    OPENAI_GPT,
+    BIOGPT,
+    PHI,
+    STARCODER2,
+    STABLELM,
+    PERSIMMON,
+    BLOOM,
+    FALCON,
+    MPT,
 )
 
 
 def family_for(config: dict) -> Family:
     archs = config.get("architectures") or []
     model_type = config.get("model_type")
-    for fam in FAMILIES:
-        if any(a in fam.architectures for a in archs):
-            return fam
-    for fam in FAMILIES:
-        if model_type in fam.model_types:
-            return fam
+    fam = next((f for f in FAMILIES if any(a in f.architectures for a in archs)), None)
+    fam = fam or next((f for f in FAMILIES if model_type in f.model_types), None)
+    if fam is not None:
+        fam = fam.variant(config) if fam.variant else fam
+        why = fam.refuse(config) if fam.refuse else None
+        if why:
+            name = archs[0] if archs else fam.name
+            raise HypercloneError(f"config.json: {name} cannot be widened exactly: {why}")
+        return fam
+    refusal = refused(archs, model_type)
+    if refusal:
+        raise HypercloneError(f"config.json: {refusal}")
     what = ", ".join(archs) if archs else f"model_type {model_type!r}"
     supported = ", ".join(a for f in FAMILIES for a in f.architectures)
     raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")

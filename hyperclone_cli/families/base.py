@@ -101,6 +101,18 @@ class Family:
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
     supports_kv_keep: bool = True
+    # Attention quirks read from config.json (None: absent). `mqa`: a flag fixes one k/v
+    # head (GPT-BigCode, Falcon-7B), so its copies cannot become heads: k/v are kept.
+    # `alibi`: the reason head replication is not exact (ALiBi slopes follow the head
+    # count), so head-dim attention is used. `unscaled`: no 1/√head_dim softmax scale
+    # (GPT-Neo), so head-dim attention scales q by 1/n instead of 1/√n. `refuse`: why a
+    # config cannot be widened exactly, or None. `variant`: the family for this config,
+    # where an option changes the tensor layout (Falcon, GPT-BigCode).
+    mqa: Callable[[dict], bool] | None = None
+    alibi: Callable[[dict], str | None] | None = None
+    unscaled: Callable[[dict], bool] | None = None
+    refuse: Callable[[dict], str | None] | None = None
+    variant: Callable[[dict], Family] | None = None
 
     def role_of(self, name: str) -> Role | None:
         for pattern, role in self.tensors:
@@ -117,6 +129,8 @@ class Family:
         hidden = cfg_int(cfg, *keys["hidden"])
         heads = cfg_int(cfg, *keys["heads"])
         kv = cfg_int(cfg, *keys.get("kv_heads", ()), default=heads)
+        if self.mqa is not None and self.mqa(cfg):
+            kv = 1
         if heads % kv:
             raise HypercloneError(
                 f"config.json: {heads} attention heads are not a multiple of {kv} key/value heads"
@@ -188,3 +202,18 @@ def cfg_int(cfg: dict, *keys: str, default: int | None = None) -> int:
     if default is not None:
         return default
     raise HypercloneError(f"config.json: missing {keys[0]}")
+
+
+def fixed_ffn(ratio: int, what: str) -> Callable[[dict, dict[str, int]], dict]:
+    """config_quirks of a model whose MLP is always `ratio`·hidden wide (no config key):
+    --ffn-factor other than --factor cannot be expressed."""
+
+    def check(cfg: dict, sizes: dict[str, int]) -> dict:
+        if sizes["ffn"] != ratio * sizes["hidden"]:
+            raise HypercloneError(
+                f"{what} has no config key for the MLP width (always {ratio}·hidden): "
+                "--ffn-factor must equal --factor"
+            )
+        return {}
+
+    return check
