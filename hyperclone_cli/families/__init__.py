@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from ..errors import HypercloneError
 from .base import IN, OUT, Dims, Family, Role
-from .refusals import refused
-from .gemma import GEMMA, GEMMA3
 from .biogpt import BIOGPT
 from .bloom import BLOOM
 from .falcon import FALCON
+from .gemma import GEMMA, GEMMA3
 from .gpt2 import GPT2
 from .gpt_bigcode import GPT_BIGCODE
 from .gpt_neo import GPT_NEO
 from .gpt_neox import GPT_NEOX
 from .gptj import CODEGEN, GPTJ
 from .llama import LLAMA
-from .olmo import OLMO, OLMO2
 from .mpt import MPT
+from .olmo import OLMO, OLMO2
 from .openai_gpt import OPENAI_GPT
 from .opt import OPT
 from .persimmon import PERSIMMON
@@ -24,6 +23,7 @@ from .phi import PHI
 from .phi3 import PHI3
 from .qwen2 import QWEN2
 from .qwen3 import QWEN3
+from .refusals import refused
 from .stablelm import STABLELM
 from .starcoder2 import STARCODER2
 

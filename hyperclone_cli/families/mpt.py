@@ -1,9 +1,9 @@
-"""MPT: ALiBi positions, fused `Wqkv` as `[q | k | v]`, `up_proj`/`down_proj` MLP
-(always 4·d_model in transformers, whatever `expansion_ratio` says), LayerNorms without bias (`no_bias`), tied head. ALiBi slopes
-depend on the head count, so heads are kept and grown (head-dim attention); the bias is
-added after `softmax_scale`, which is 1/√head_dim unless the config fixes it (then q is
-scaled by 1/n). `clip_qkv` clamps q after the projection and `qk_ln` normalises all heads
-at once: both break the q scaling, refused."""
+"""MPT: ALiBi positions, fused `Wqkv` as `[q | k | v]`, `up_proj`/`down_proj` MLP (always
+4·d_model in transformers, whatever `expansion_ratio` says), LayerNorms without bias
+(`no_bias`), tied head. ALiBi slopes depend on the head count, so heads are kept and grown
+(head-dim attention); the bias is added after `softmax_scale`, which is 1/√head_dim unless
+the config fixes it (then q is scaled by 1/n). `clip_qkv` clamps q after the projection
+and `qk_ln` normalises it: both would undo the q scaling, refused."""
 
 from __future__ import annotations
 
@@ -21,9 +21,15 @@ def _attn(cfg: dict) -> dict:
 def _refuse(cfg: dict) -> str | None:
     a = _attn(cfg)
     if a.get("clip_qkv"):
-        return "attn_config.clip_qkv clamps the fused q/k/v, which the q scaling of head-dim attention changes"
+        return (
+            "attn_config.clip_qkv clamps q after the projection, so the 1/√n q scale "
+            "of head-dim attention (needed by ALiBi) would change what is clipped"
+        )
     if a.get("qk_ln"):
-        return "attn_config.qk_ln normalises q and k over all heads at once"
+        return (
+            "attn_config.qk_ln normalises q after the projection, undoing the 1/√n q "
+            "scale of head-dim attention (needed by ALiBi)"
+        )
     return None
 
 
