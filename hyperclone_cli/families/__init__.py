@@ -12,6 +12,7 @@ from .gpt2 import GPT2
 from .gpt_bigcode import GPT_BIGCODE
 from .gpt_neo import GPT_NEO
 from .gpt_neox import GPT_NEOX
+from .gpt_neox_japanese import GPT_NEOX_JAPANESE
 from .gptj import CODEGEN, GPTJ
 from .llama import LLAMA
 from .mpt import MPT
@@ -53,6 +54,7 @@ FAMILIES: tuple[Family, ...] = (
     BLOOM,
     FALCON,
     MPT,
+    GPT_NEOX_JAPANESE,
 )
 
 

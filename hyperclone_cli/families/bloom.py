@@ -1,5 +1,7 @@
 """BLOOM: ALiBi positions, per-head fused `query_key_value` (`[q_h k_h v_h]`), a LayerNorm
-right after the word embedding, `dense_h_to_4h`/`dense_4h_to_h` (always 4·hidden), tied head.
+right after the word embedding, `dense_h_to_4h`/`dense_4h_to_h` (always 4·hidden), tied
+head. Hub files store the base model's names (`h.0.…`, `word_embeddings.weight`); they are
+written back as found.
 
 ALiBi slopes are a function of the head count and each head's index, so replicated heads
 would get other slopes: the heads are kept and grown (head-dim attention). The bias is
@@ -10,7 +12,7 @@ from __future__ import annotations
 from .base import Family, embedding, fixed_ffn, head, norm
 from .blocks import fused_attention, mlp
 
-T = r"transformer\."
+T = r"(transformer\.)?"  # hub files (bigscience/bloom-560m) name tensors without it
 H = T + r"h\.\d+\."
 ALIBI = "ALiBi slopes depend on the number of heads"
 
