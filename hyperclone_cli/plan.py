@@ -112,6 +112,8 @@ class Plan:
 
 def resolved_tie(config: dict, family: Family) -> bool:
     """tie_word_embeddings as transformers would read it (config classes have defaults)."""
+    if not family.ties:
+        return False
     if "tie_word_embeddings" in config:
         return bool(config["tie_word_embeddings"])
     text = config.get("text_config")
@@ -145,6 +147,9 @@ def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dic
         maps["kv"] = tile_map(G * hd, n)
         heads, kv, head_dim = n * H, n * G, hd
     sizes_heads = {"heads": heads, "kv_heads": kv, "head_dim": head_dim}
+    # one value per query head (CPM-Ant's relative position bias): the head each target head
+    # copies, read off the first row of that head in the q map
+    maps["heads"] = maps["q"][::head_dim] // hd
     maps["qkv"], maps["qkv:q"] = _grouped_qkv(maps, dims, sizes_heads)
     maps["qvk4"], maps["qvk4:q"] = _codegen_qvk(maps, dims)
     # norms over one head (Qwen3, Gemma 3 q/k norms): only head-dim attention widens a head

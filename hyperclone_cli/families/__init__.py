@@ -6,6 +6,7 @@ from ..errors import HypercloneError
 from .base import IN, OUT, Dims, Family, Role
 from .biogpt import BIOGPT
 from .bloom import BLOOM
+from .cpmant import CPMANT
 from .falcon import FALCON
 from .gemma import GEMMA, GEMMA3
 from .gpt2 import GPT2
@@ -55,6 +56,7 @@ FAMILIES: tuple[Family, ...] = (
     FALCON,
     MPT,
     GPT_NEOX_JAPANESE,
+    CPMANT,
 )
 
 

@@ -4,7 +4,8 @@ config keys to widen. What is *done* to it lives in plan.py and clone.py.
 A role names, for each axis of a tensor, the *space* the axis lives in and its *side*:
 - spaces: "hidden" (the residual stream), "embed" (OPT's word_embed_proj_dim), "ffn",
   "q" (query heads × head_dim), "kv" (key/value heads × head_dim), "qkv" (GPT-NeoX's
-  per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "fixed"
+  per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "heads" (one
+  value per query head: CPM-Ant's relative position bias), "fixed"
   (never widens: vocabulary, positions);
   a tuple of spaces is a fused axis, e.g. ("q", "kv", "kv") for `[q | k | v]`.
 - sides: OUT (gathered: rows of a Linear, embeddings, norms, biases) or IN
@@ -100,6 +101,7 @@ class Family:
     ignored: tuple[str, ...] = ()  # regexes of stored buffers transformers recomputes
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
+    ties: bool = True  # False: the model never ties its head, whatever the config says
     supports_kv_keep: bool = True
     # Attention quirks read from config.json (None: absent). `mqa`: a flag fixes one k/v
     # head (GPT-BigCode, Falcon-7B), so its copies cannot become heads: k/v are kept.
