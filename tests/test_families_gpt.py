@@ -19,6 +19,7 @@ from transformers import (
     CpmAntConfig,
     CTRLConfig,
     FalconConfig,
+    FuyuConfig,
     GPTBigCodeConfig,
     GPTJConfig,
     GPTNeoConfig,
@@ -123,6 +124,15 @@ MODELS = {
     "persimmon": (
         lambda: PersimmonConfig(**HF, intermediate_size=48, qk_layernorm=True),
         "persimmon",
+        [],
+    ),
+    "fuyu": (  # Persimmon inside, sizes in text_config
+        lambda: FuyuConfig(
+            text_config=HF | dict(intermediate_size=48, qk_layernorm=True),
+            image_size=32,
+            patch_size=8,
+        ),  # fmt: skip
+        "fuyu",
         [],
     ),
     "gpt_neox_japanese": (

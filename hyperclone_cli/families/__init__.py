@@ -20,7 +20,7 @@ from .mpt import MPT
 from .olmo import OLMO, OLMO2
 from .openai_gpt import OPENAI_GPT
 from .opt import OPT
-from .persimmon import PERSIMMON
+from .persimmon import FUYU, PERSIMMON
 from .phi import PHI
 from .phi3 import PHI3
 from .qwen2 import QWEN2
@@ -57,6 +57,7 @@ FAMILIES: tuple[Family, ...] = (
     MPT,
     GPT_NEOX_JAPANESE,
     CPMANT,
+    FUYU,
 )
 
 

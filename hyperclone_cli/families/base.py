@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import HypercloneError
 
@@ -102,6 +102,8 @@ class Family:
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
     ties: bool = True  # False: the model never ties its head, whatever the config says
+    # the sub-config holding the sizes (Fuyu: "text_config"), read and widened there
+    config_path: str | None = None
     supports_kv_keep: bool = True
     # Attention quirks read from config.json (None: absent). `mqa`: a flag fixes one k/v
     # head (GPT-BigCode, Falcon-7B), so its copies cannot become heads: k/v are kept.
@@ -128,6 +130,7 @@ class Family:
     def dims(self, cfg: dict) -> Dims:
         """The source sizes, from the config keys of `config_keys`."""
         keys = self.config_keys
+        cfg = self._sizes_config(cfg)
         hidden = cfg_int(cfg, *keys["hidden"])
         heads = cfg_int(cfg, *keys["heads"])
         kv = cfg_int(cfg, *keys.get("kv_heads", ()), default=heads)
@@ -158,6 +161,10 @@ class Family:
     def widened_config(self, cfg: dict, sizes: dict[str, int]) -> dict:
         """config.json updates: every key of the table that the config sets gets its widened
         size; a size the config leaves implied is written where the implied value is wrong."""
+        if self.config_path:
+            sub = self._sizes_config(cfg)
+            inner = replace(self, config_path=None).widened_config(sub, sizes)
+            return {self.config_path: {**sub, **inner}}
         implied = {
             "kv_heads": sizes["heads"],
             "head_dim": sizes["hidden"] // sizes["heads"],
@@ -176,6 +183,14 @@ class Family:
         if self.config_quirks:
             updates.update(self.config_quirks(cfg, sizes))
         return updates
+
+    def _sizes_config(self, cfg: dict) -> dict:
+        if not self.config_path:
+            return cfg
+        sub = cfg.get(self.config_path)
+        if not isinstance(sub, dict):
+            raise HypercloneError(f"config.json: missing {self.config_path}")
+        return sub
 
 
 def _first_set(cfg: dict, keys: tuple[str, ...]) -> str | None:
