@@ -152,6 +152,7 @@ def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dic
     # one value per query head (CPM-Ant's relative position bias): the head each target head
     # copies, read off the first row of that head in the q map
     maps["heads"] = maps["q"][::head_dim] // hd
+    maps["kv_heads"] = maps["kv"][::head_dim] // hd
     maps["qkv"], maps["qkv:q"] = _grouped_qkv(maps, dims, sizes_heads)
     maps["qvk4"], maps["qvk4:q"] = _codegen_qvk(maps, dims)
     # norms over one head (Qwen3, Gemma 3 q/k norms): only head-dim attention widens a head
@@ -257,6 +258,17 @@ def _attention_for(family: Family, cfg: dict, recipe: Recipe) -> tuple[Recipe, l
     return recipe, notes
 
 
+def _head_copies(t: TensorPlan, family: Family, maps: dict) -> list[TensorPlan]:
+    """A tensor of one head, named by its index (StableLM's `q_layernorm.norms.<h>`): one
+    target per target head that copies it, named by the target head's index."""
+    pattern = next(p for p, role in family.tensors if re.fullmatch(p, t.name))
+    match = re.fullmatch(pattern, t.name)
+    h, (start, end) = int(match["head"]), match.span("head")
+    heads = maps["heads" if t.role.per_head == "q" else "kv_heads"]
+    targets = (heads == h).nonzero().flatten().tolist()
+    return [replace(t, name=t.name[:start] + str(j) + t.name[end:]) for j in targets]
+
+
 def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
     cfg = ckpt.config
     family = family_for(cfg)
@@ -353,18 +365,17 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             scale *= tie_scale
         widened_in = any(a.side == IN and a.widened for a in axes)
         widened_out = any(a.side == OUT and a.widened for a in axes)
-        tensors.append(
-            TensorPlan(
-                name=name,
-                source=name,
-                role=role,
-                axes=axes,
-                dtype=out_dtype or info.dtype,
-                scale=scale,
-                noise=recipe.noise is not None and widened_in,
-                diagonal=recipe.layout == "diagonal" and widened_in and widened_out,
-            )
+        planned = TensorPlan(
+            name=name,
+            source=name,
+            role=role,
+            axes=axes,
+            dtype=out_dtype or info.dtype,
+            scale=scale,
+            noise=recipe.noise is not None and widened_in,
+            diagonal=recipe.layout == "diagonal" and widened_in and widened_out,
         )
+        tensors += _head_copies(planned, family, maps) if role.per_head else [planned]
     if tie == "untied":
         if embedding_source is None:
             raise HypercloneError(f"no token embedding tensor found ({family.embedding_name})")

@@ -121,6 +121,13 @@ MODELS = {
         "stablelm",
         KEEP,
     ),
+    "stablelm-qk-layernorm": (  # one LayerNorm module per head: copied per head
+        lambda: StableLmConfig(
+            **HF, intermediate_size=48, num_key_value_heads=2, qk_layernorm=True
+        ),  # fmt: skip
+        "stablelm",
+        KEEP,
+    ),
     "persimmon": (
         lambda: PersimmonConfig(**HF, intermediate_size=48, qk_layernorm=True),
         "persimmon",
@@ -238,10 +245,6 @@ REFUSED = {
     "xglm": (lambda: XGLMConfig(**V, d_model=32, num_layers=2, attention_heads=4), "sinusoidal"),
     "ctrl": (lambda: CTRLConfig(**V, n_embd=32, n_layer=2, n_head=4, dff=48), "sinusoidal"),
     "falcon-alibi": (lambda: _falcon(alibi=True), "ALiBi"),
-    "stablelm-qk-layernorm": (
-        lambda: StableLmConfig(**HF, intermediate_size=48, qk_layernorm=True),
-        "qk_layernorm",
-    ),
     "mpt-clip-qkv": (lambda: _mpt(clip_qkv=2.0), "clip_qkv"),
     "mpt-qk-ln": (lambda: _mpt(qk_ln=True), "qk_ln"),
 }

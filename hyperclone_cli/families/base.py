@@ -33,6 +33,9 @@ class Role:
     lm_head: bool = False  # the LM head: dropped when the embedding is tied to it
     q_scaled: bool = False  # multiplied by 1/√n under head-dim attention (q weight/bias)
     norm_offset: float = 0.0  # Gemma stores RMSNorm gain as (1 + w)
+    # "q" or "kv": one tensor per head, its index the pattern's group `head` (StableLM's
+    # per-head q/k LayerNorms): written once per target head that copies it
+    per_head: str | None = None
 
 
 def linear(out: Space, inp: Space, **kw) -> Role:
@@ -49,8 +52,8 @@ def bias(space: Space, **kw) -> Role:
     return Role(((space, OUT),), **kw)
 
 
-def norm(space: Space = "hidden", offset: float = 0.0) -> Role:
-    return Role(((space, OUT),), norm_offset=offset)
+def norm(space: Space = "hidden", offset: float = 0.0, per_head: str | None = None) -> Role:
+    return Role(((space, OUT),), norm_offset=offset, per_head=per_head)
 
 
 def embedding(space: Space = "hidden") -> Role:
