@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from hyperclone_cli.errors import HypercloneError
+from hyperclone_cli.inspection import inspect
 from hyperclone_cli.pipeline import expand
 
 V = dict(vocab_size=tiny.VOCAB)
@@ -228,6 +229,7 @@ def test_alibi_keeps_the_head_count(sources, tmp_path, cli, name):
     assert any("ALiBi" in n for n in plan.notes)
     cfg = json.loads((tmp_path / "wide" / "config.json").read_text())
     assert cfg["hyperclone"]["attention"] == "head-dim"
+    assert inspect(src, factor=2).expansion["attention"] == "head-dim"
     code, _, err = cli("expand", str(src), str(tmp_path / "w2"), "--attention", "heads")
     assert code != 0 and "ALiBi slopes depend on the number of heads" in err
     assert "--attention head-dim" in err and len(err.strip().splitlines()) == 1
