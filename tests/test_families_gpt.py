@@ -300,3 +300,33 @@ def test_gpt_neo_hub_buffers_are_dropped(sources, tmp_path):
         d for d, _ in result.plan.dropped if "attention.bias" in d or "masked" in d
     ) == sorted(buffers)
     assert_same_function(src_logits, src_tokens, tmp_path / "wide")
+
+
+def _maps(heads: int, kv: int, hd: int, **recipe) -> dict:
+    from hyperclone_cli.families import Dims
+    from hyperclone_cli.plan import space_maps
+    from hyperclone_cli.recipe import build_recipe
+
+    dims = Dims(hidden=heads * hd, ffn=4, heads=heads, kv_heads=kv, head_dim=hd, embed=heads * hd,
+                layers=1, rotary=False)  # fmt: skip
+    return space_maps(dims, build_recipe(factor=2, **recipe))[0]
+
+
+def test_grouped_fused_qkv_map_by_hand():
+    """Falcon-40B-like rows, 4 heads in 2 k/v groups of one dim each: per group
+    [q q k v] = source rows [0 1 2 3 | 4 5 6 7]."""
+    assert _maps(4, 2, 1)["qkv"].tolist() == [*range(8), *range(8)]  # groups tile
+    keep = _maps(4, 2, 1, kv_heads="keep")  # each group's q heads side by side, k/v kept
+    assert keep["qkv"].tolist() == [0, 0, 1, 1, 2, 3, 4, 4, 5, 5, 6, 7]
+    grown = _maps(4, 2, 1, attention="head-dim")  # every head's dims repeated in place
+    assert grown["qkv"].tolist() == [i // 2 for i in range(16)]
+    assert grown["qkv:q"].tolist() == [True] * 4 + [False] * 4 + [True] * 4 + [False] * 4
+
+
+def test_codegen_fused_qkv_map_by_hand():
+    """CodeGen, hidden 4 (2 heads of 2): 4 blocks [q_j v_j k_j] of one row each, so q_j is
+    row 3j, v_j row 3j+1, k_j row 3j+2. Widened, block j holds q'[2j:2j+2] etc. of the
+    tiled q' = [q0 q1 q2 q3 q0 q1 q2 q3]."""
+    rows = _maps(2, 2, 2)["qvk4"].tolist()
+    assert rows[:6] == [0, 3, 1, 4, 2, 5] and rows[6:12] == [6, 9, 7, 10, 8, 11]
+    assert rows[12:] == rows[:12]
