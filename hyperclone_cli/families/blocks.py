@@ -29,10 +29,9 @@ def fused_attention(
 ) -> Rows:
     """One fused projection for q, k and v, each part cloned in its own place. `space` is
     its layout (QKV, or GPT-NeoX's per-head "qkv"); `transposed`: GPT-2's Conv1D."""
-    q_scaled = space != "qkv"  # GPT-NeoX's per-head [q_h k_h v_h] is rotary: never scaled
-    return (
-        (rf"{prefix}{qkv}\.weight", _weight(space, "hidden", transposed, q_scaled=q_scaled)),
-        (rf"{prefix}{qkv}\.bias", bias(space, q_scaled=q_scaled)),
+    return (  # q's rows (its place in the fused axis) are scaled under head-dim attention
+        (rf"{prefix}{qkv}\.weight", _weight(space, "hidden", transposed, q_scaled=True)),
+        (rf"{prefix}{qkv}\.bias", bias(space, q_scaled=True)),
         *output(prefix + out, transposed),
     )
 

@@ -1,7 +1,13 @@
 """Architectures that cannot be widened exactly (or not in one plan), each with the feature
-that prevents it, so that `expand` names the reason instead of "unsupported architecture"."""
+that prevents it, so that `expand` names the reason instead of "unsupported architecture".
+Options of a supported family that prevent it are that family's `refuse` (see base.py)."""
 
 from __future__ import annotations
+
+SINUSOIDAL = (
+    "sinusoidal position embeddings are computed from the hidden size, so a wider model "
+    "adds different position vectors (they are not copies of the narrow ones)"
+)
 
 # Llama-like families (issue 11): HF class name → feature
 REFUSED_LLAMA: dict[str, str] = {
@@ -15,7 +21,13 @@ REFUSED_LLAMA: dict[str, str] = {
     ),
 }
 
-REFUSED: dict[str, str] = {**REFUSED_LLAMA}
+# GPT-style, fused and ALiBi families (issue 11): HF class name → feature
+REFUSED_GPT: dict[str, str] = {
+    "XGLMForCausalLM": SINUSOIDAL,
+    "CTRLLMHeadModel": SINUSOIDAL,
+}
+
+REFUSED: dict[str, str] = {**REFUSED_LLAMA, **REFUSED_GPT}
 
 
 def refused(architectures: list[str], model_type: str | None) -> str | None:
