@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import clone
+from . import clone, depth
 from .checkpoint import Checkpoint, open_checkpoint
 from .clone import Noise
 from .errors import HypercloneError
@@ -135,7 +135,7 @@ def write_shards(
     """Stream every tensor of the plan from `source` into safetensors shards in `out_dir`."""
     recipe = plan.recipe
     noise = Noise(recipe.noise, recipe.seed) if recipe.noise is not None else None
-    order = [t.source for s in plan.shards for t in s.tensors]
+    order = [t.source for s in plan.shards for t in s.tensors if not t.zero]
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(_compute_threads(threads))
@@ -145,11 +145,15 @@ def write_shards(
             for shard in plan.shards:
                 writer.start_shard(shard.file, [t.entry for t in shard.tensors])
                 for t in shard.tensors:
+                    if t.zero:  # a new block's residual writer: nothing to read
+                        for chunk in depth.zeros(t, _chunk_elements(t, device), writer.alloc):
+                            writer.write(chunk)
+                        continue
                     w = source.read(t.source, device)
                     order.pop(0)
                     if order:
                         source.prefetch(order[0])  # read from disk while this one widens
-                    for chunk in clone.expand(
+                    chunks = clone.expand(
                         w,
                         t.axes,
                         scale=t.scale,
@@ -160,7 +164,10 @@ def write_shards(
                         out_dtype=t.dtype,
                         max_chunk_elements=_chunk_elements(t, device),
                         alloc=writer.alloc,
-                    ):
+                    )
+                    if t.block_noise:
+                        chunks = depth.with_block_noise(chunks, w, t, recipe.noise, recipe.seed)
+                    for chunk in chunks:
                         writer.write(chunk)
                     del w
                 writer.end_shard()
@@ -186,7 +193,7 @@ def write_metadata(plan: Plan, source: Checkpoint, out_dir: Path) -> None:
 
 def _chunk_elements(t: TensorPlan, device: torch.device) -> int:
     """How much of a target tensor to compute at a time."""
-    if t.noise:
+    if t.noise or t.block_noise:
         return NOISE_CHUNK_ELEMENTS  # noise is drawn per chunk: part of the seeded bytes
     if device.type != "cpu":
         # one chunk per tensor: one device-to-host copy per tensor (device memory holds a

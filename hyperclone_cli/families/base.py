@@ -32,6 +32,9 @@ class Role:
     lm_head: bool = False  # the LM head: dropped when the embedding is tied to it
     q_scaled: bool = False  # multiplied by 1/√n under head-dim attention (q weight/bias)
     norm_offset: float = 0.0  # Gemma stores RMSNorm gain as (1 + w)
+    # adds into the residual stream (attention output, MLP down projection, their biases):
+    # zero in a block that --add-layers inserts, so the block starts as the identity
+    writes_residual: bool = False
 
 
 def linear(out: Space, inp: Space, **kw) -> Role:
@@ -101,6 +104,10 @@ class Family:
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
     supports_kv_keep: bool = True
+    # depth growth (depth.py): a regex whose group "layer" is the layer index in a tensor name,
+    # and why a block with zeroed residual writers would not be the identity, if it would not
+    layer_index: str = ""
+    depth_refusal: Callable[[dict], str | None] | None = None
 
     def role_of(self, name: str) -> Role | None:
         for pattern, role in self.tensors:

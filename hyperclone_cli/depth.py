@@ -1,0 +1,218 @@
+"""Depth growth, after LLaMA Pro (Wu et al., ACL 2024): insert K new decoder blocks, each a
+copy of the block below it whose projections into the residual stream (attention output,
+MLP down projection, their biases) are zero. A pre-norm block computes `x + f(x)`; with
+its last projections zero, `f(x) = 0` and the block is the identity, so the deeper model
+computes the same function. Post-norm blocks (`LN(x + f(x))`) are not, and are refused.
+
+The *layer map* lists, for each target layer, the source layer it comes from, or None for
+a new block. A new block's weights are those of its `copy_sources` entry: the nearest
+original layer below it (layer 0 for blocks placed at the bottom). Tensor names are
+renumbered with the family's `layer_index` regex; config keys that depend on the layer
+count follow the map. The new blocks' other weights get no gradient until their zeroed
+projections move; noise on those weights keeps the function (the block still adds zero)
+and breaks their symmetry with the block they copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import HypercloneError
+from .families import IN, Family
+
+if TYPE_CHECKING:
+    from .plan import TensorPlan
+
+LayerMap = list[int | None]  # target layer → source layer, None for a new block
+
+# config.json keys that depend on the layer count, by how they follow the map
+LAYER_LISTS = ("layer_types", "no_rope_layers", "layers_block_type")  # a value per layer
+LAYER_THRESHOLDS = ("max_window_layers", "first_k_dense_replace")  # layers below i differ
+LAYER_INDEX_LISTS = ("mlp_only_layers", "full_attn_idxs")  # indices of some layers
+# every k-th layer differs: kept only where a per-layer list says it all (Gemma 3 derives
+# layer_types from sliding_window_pattern, and the explicit list wins when written)
+LAYER_PERIODS = (
+    "decoder_sparse_step",
+    "interleave_moe_layer_step",
+    "global_attn_every_n_layers",
+    "moe_layer_freq",
+)
+
+
+def layer_map(layers: int, add: int, placement: str) -> LayerMap:
+    """Where K new blocks go among L: `even` after every L/K original layers (LLaMA Pro's
+    placement; the last one on top), `top` above the stack, `bottom` below it."""
+    if placement == "top":
+        return [*range(layers), *[None] * add]
+    if placement == "bottom":
+        return [*[None] * add, *range(layers)]
+    after = Counter(math.ceil((i + 1) * layers / add) - 1 for i in range(add))
+    out: LayerMap = []
+    for s in range(layers):
+        out += [s, *[None] * after[s]]
+    return out
+
+
+def copy_sources(lmap: LayerMap) -> list[int]:
+    """The source layer whose weights each target layer holds: itself, or for a new block
+    the nearest original layer below it (layer 0 below the whole stack)."""
+    out, last = [], 0
+    for s in lmap:
+        last = s if s is not None else last
+        out.append(last)
+    return out
+
+
+def describe(lmap: LayerMap) -> str:
+    """`0 1 1+ 2 3 3+`: target layers in order, `s+` a new block copied from layer s."""
+    return " ".join(
+        str(c) if s is not None else f"{c}+" for s, c in zip(lmap, copy_sources(lmap), strict=True)
+    )
+
+
+def plan_layer_map(family: Family, cfg: dict, layers: int, add: int, placement: str) -> LayerMap:
+    """The layer map, or a one-line refusal where zeroed blocks would change the function."""
+    if not family.layer_index:
+        raise HypercloneError(
+            f"--add-layers is not supported for {family.name} yet: its table does not say "
+            "where the layer index is in tensor names; grow its width only"
+        )
+    reason = family.depth_refusal(cfg) if family.depth_refusal else None
+    if reason:
+        raise HypercloneError(
+            f"--add-layers cannot keep the function of this {family.name} model: {reason}; "
+            "grow its width only"
+        )
+    for key in LAYER_PERIODS:
+        if isinstance(cfg.get(key), int) and cfg[key] > 1:
+            raise HypercloneError(
+                f"config.json: {key} {cfg[key]} sets every {cfg[key]}-th layer apart, and "
+                "inserted layers would shift that pattern; --add-layers cannot keep it"
+            )
+    return layer_map(layers, add, placement)
+
+
+def deepen(
+    tensors: list[TensorPlan], family: Family, lmap: LayerMap, noise: bool
+) -> list[TensorPlan]:
+    """The plan's per-tensor entries for the deeper model: each layer tensor once per target
+    layer that holds it, renamed; in new blocks, residual writers zero and, with `noise`,
+    the other weight matrices noisy."""
+    pattern = re.compile(family.layer_index)
+    targets: dict[int, list[tuple[int, bool]]] = {}
+    for t, (s, c) in enumerate(zip(lmap, copy_sources(lmap), strict=True)):
+        targets.setdefault(c, []).append((t, s is None))
+    layers = sum(s is not None for s in lmap)
+    out: list[TensorPlan] = []
+    writers = 0
+    for tp in tensors:
+        m = pattern.match(tp.name)
+        if m is None:
+            out.append(tp)
+            continue
+        s = int(m.group("layer"))
+        if s >= layers:
+            raise HypercloneError(
+                f"tensor {tp.name}: layer {s}, but config.json has {layers} layers; "
+                "the config does not match the weights"
+            )
+        writers += tp.role.writes_residual
+        for t, new in targets[s]:
+            name = f"{tp.name[: m.start('layer')]}{t}{tp.name[m.end('layer') :]}"
+            if not new:
+                out.append(replace(tp, name=name))
+            elif tp.role.writes_residual:
+                out.append(replace(tp, name=name, zero=True, noise=False))
+            else:
+                out.append(replace(tp, name=name, block_noise=noise and len(tp.axes) >= 2))
+    if not writers:
+        raise HypercloneError(
+            f"--add-layers is not supported for {family.name} yet: its table marks no "
+            "projection that writes into the residual stream; grow its width only"
+        )
+    return out
+
+
+def deepened_config(cfg: dict, family: Family, lmap: LayerMap) -> dict:
+    """config.json updates for the deeper model: the layer count, and every key that
+    depends on it, as the transformers config class resolves it (defaults included)."""
+    layers = sum(s is not None for s in lmap)
+    src = copy_sources(lmap)
+    resolved = _resolved(cfg)
+    keys = family.config_keys["layers"]
+    updates: dict = {k: len(lmap) for k in keys if cfg.get(k) is not None} or {keys[0]: len(lmap)}
+    for key in LAYER_LISTS:
+        values = resolved.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != layers:
+            raise HypercloneError(
+                f"config.json: {key} should have one entry per layer ({layers}), "
+                f"found {values!r}; fix the config"
+            )
+        updates[key] = [values[c] for c in src]
+    for key in LAYER_THRESHOLDS:
+        v = resolved.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and key in cfg:
+            # the map keeps layer order, so the layers below the threshold stay below it
+            updates[key] = sum(c < v for c in src) if v < layers else max(v, len(lmap))
+    for key in LAYER_INDEX_LISTS:
+        v = resolved.get(key)
+        if isinstance(v, list) and key in cfg:
+            updates[key] = [t for t, c in enumerate(src) if c in v]
+    return updates
+
+
+def _resolved(cfg: dict) -> dict:
+    """The layer keys as the model's config class resolves them (layer_types derived from
+    a sliding-window pattern that config.json leaves implied), else as config.json has them."""
+    keys = (*LAYER_LISTS, *LAYER_THRESHOLDS, *LAYER_INDEX_LISTS)
+    out = {k: cfg[k] for k in keys if k in cfg}
+    try:
+        from transformers import AutoConfig
+
+        args = {k: v for k, v in cfg.items() if k not in ("model_type", "hyperclone")}
+        resolved = AutoConfig.for_model(cfg["model_type"], **args)
+    except Exception:  # an unknown model_type: config.json says all there is
+        return out
+    for k in keys:
+        v = getattr(resolved, k, None)
+        if v is not None:
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def zeros(t: TensorPlan, chunk_elements: int, alloc=None) -> Iterator[torch.Tensor]:
+    """A zeroed residual writer of a new block, in row chunks: written, never computed from
+    the source (0·w would keep -0.0 and NaN)."""
+    shape = t.shape
+    row = math.prod(shape[1:]) if len(shape) > 1 else 1
+    step = max(1, chunk_elements // max(row, 1))
+    for r0 in range(0, shape[0], step):
+        rows = (min(shape[0], r0 + step) - r0, *shape[1:])
+        chunk = alloc(rows, t.dtype) if alloc is not None else torch.empty(rows, dtype=t.dtype)
+        yield chunk.zero_()
+
+
+def with_block_noise(
+    chunks: Iterable[torch.Tensor], w: torch.Tensor, t: TensorPlan, snr_db: float, seed: int
+) -> Iterator[torch.Tensor]:
+    """Add plain (not zero-sum) noise at `snr_db` to a new block's weight matrix: the block's
+    output projections are zero, so any noise here keeps the function. Seeded by the target
+    tensor's name; drawn on the CPU, so the bytes do not depend on the device."""
+    n_in = next((a.factor for a in t.axes if a.side == IN and a.widened), 1)
+    mean_sq = float(w.double().pow(2).mean()) * (t.scale / n_in) ** 2 if w.numel() else 0.0
+    std = math.sqrt(mean_sq / 10 ** (snr_db / 10))
+    digest = hashlib.sha256(f"{seed}:{t.name}:new-block".encode()).digest()
+    gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    for chunk in chunks:
+        eta = torch.randn(chunk.shape, generator=gen, dtype=torch.float32) * std
+        yield chunk.add_(eta.to(chunk.device, chunk.dtype))
