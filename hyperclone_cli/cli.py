@@ -44,6 +44,7 @@ Attention = _choice("attention")
 KV = _choice("kv_heads")
 Layout = _choice("layout")
 Device = _choice("device")
+Placement = _choice("layer_placement")
 
 
 def _version(value: bool) -> None:
@@ -103,6 +104,14 @@ def expand(
     untie: Annotated[
         bool, typer.Option("--untie", help="Write lm_head explicitly instead of keeping a tie.")
     ] = False,
+    add_layers: Annotated[
+        int | None,
+        typer.Option(help="Insert K new blocks that start as the identity (alone: factor 1)."),
+    ] = None,
+    layer_placement: Annotated[
+        Placement | None,
+        typer.Option(help="Where new blocks go: even (every L/K layers), top or bottom."),
+    ] = None,
     device: Annotated[Device | None, typer.Option(help="Where to compute (default auto).")] = None,
     dtype: Annotated[
         str | None,
@@ -168,6 +177,8 @@ def expand(
             kv_heads=_val(kv_heads),
             layout=_val(layout),
             tie="untie" if untie else None,
+            add_layers=add_layers,
+            layer_placement=_val(layer_placement),
             device=_val(device),
             dtype=dtype,
             shard_size=shard_size,
@@ -187,6 +198,9 @@ def expand(
     t.add_row("bytes", format_size(s["target_bytes"]))
     t.add_row("shards", str(len(s["shards"])))
     t.add_row("tie", s["tie"])
+    if "layers" in s:
+        t.add_row("layers", f"{s['layers']['source']} → {s['layers']['target']}")
+        t.add_row("layer map", s["layers"]["map"])
     if not dry_run:
         t.add_row("time", f"{s['seconds']:.1f} s on {s['device']}")
     if "verify" in s:
@@ -252,13 +266,20 @@ def inspect_cmd(
     recipe: Annotated[
         Path | None, typer.Option(help="Also show what this recipe would produce.")
     ] = None,
+    add_layers: Annotated[
+        int | None, typer.Option(help="Also show the layer map with K new blocks.")
+    ] = None,
+    layer_placement: Annotated[
+        Placement | None, typer.Option(help="Where new blocks go: even, top or bottom.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Architecture, sizes, shards, dtypes, tie, heads; and what an expansion would produce."""
     from .inspection import inspect as run_inspect
     from .units import format_size
 
-    info = run_inspect(path, factor=factor, recipe=recipe)
+    depth = {"add_layers": add_layers, "layer_placement": _val(layer_placement)}
+    info = run_inspect(path, factor=factor, recipe=recipe, **depth)
     d = info.to_dict()
     if as_json:
         out.print_json(json.dumps(d))
@@ -268,7 +289,10 @@ def inspect_cmd(
     t.add_column("source")
     exp = d["expansion"]
     if exp:
-        t.add_column(f"×{exp['factor']}")
+        t.add_column(
+            f"×{exp['factor']}"
+            + (f", +{exp['add_layers']} layers" if exp.get("add_layers") else "")
+        )
     rows = [
         ("architecture", d["architecture"], ""),
         ("family", d["family"] or "unsupported", ""),
@@ -278,7 +302,7 @@ def inspect_cmd(
         ("shards", str(len(d["shards"])), exp and str(exp["shards"])),
         ("hidden", str(d["hidden"]), exp and str(exp["hidden"])),
         ("ffn", str(d["ffn"]), exp and str(exp["ffn"])),
-        ("layers", str(d["layers"]), exp and str(d["layers"])),
+        ("layers", str(d["layers"]), exp and str(exp["layers"])),
         (
             "heads / kv / head_dim",
             f"{d['heads']} / {d['kv_heads']} / {d['head_dim']}",
@@ -286,6 +310,8 @@ def inspect_cmd(
         ),
         ("tied embeddings", str(d["tied"]), exp and exp["tie"]),
     ]
+    if exp and exp.get("layer_map"):
+        rows.append(("layer map (n+: new, copy of n)", "", exp["layer_map"]))
     if exp:
         rows.append(("predicted peak RSS", "", format_size(exp["predicted_peak_rss_bytes"])))
     for name, a, b in rows:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .checkpoint import open_checkpoint
+from .depth import describe
 from .errors import HypercloneError
 from .families import family_for
 from .pipeline import NOISE_CHUNK_ELEMENTS
@@ -71,7 +72,7 @@ def inspect(
     try:
         fam = family_for(cfg)
     except HypercloneError:
-        if factor is not None or recipe is not None:
+        if factor is not None or recipe is not None or kw.get("add_layers"):
             raise
         return info
     dims = fam.dims(cfg)
@@ -79,7 +80,7 @@ def inspect(
     info.tied = resolved_tie(cfg, fam)
     info.hidden, info.ffn, info.layers = dims.hidden, dims.ffn, dims.layers
     info.heads, info.kv_heads, info.head_dim = dims.heads, dims.kv_heads, dims.head_dim
-    if factor is None and recipe is None:
+    if factor is None and recipe is None and not kw.get("add_layers"):
         return info
 
     recipe = build_recipe(recipe, factor=factor, **kw)
@@ -100,6 +101,12 @@ def inspect(
         "kv_heads": plan.sizes["kv_heads"],
         "head_dim": plan.sizes["head_dim"],
         "tie": plan.tie,
+        "layers": plan.config_layers,
+        **(
+            {"add_layers": recipe.add_layers, "layer_map": describe(plan.layer_map)}
+            if plan.layer_map
+            else {}
+        ),
         "largest_tensor_bytes": plan.largest_tensor_bytes,
         # the interpreter + one source tensor + the chunks in flight (on the benchmark's
         # large checkpoint: measured 479 MB; predicted 479 MB, 513 MB when this counted 7

@@ -18,6 +18,7 @@ import torch
 from . import clone, depth
 from .checkpoint import Checkpoint, open_checkpoint
 from .clone import Noise
+from .depth import describe
 from .errors import HypercloneError
 from .modelcard import model_card
 from .plan import Plan, TensorPlan, make_plan
@@ -59,6 +60,12 @@ class ExpandResult:
             "device": self.device,
             "notes": p.notes,
         }
+        if p.layer_map is not None:
+            out["layers"] = {
+                "source": p.dims.layers,
+                "target": len(p.layer_map),
+                "map": describe(p.layer_map),
+            }
         if self.verification is not None:
             out["verify"] = self.verification.to_dict()
         return out

@@ -94,6 +94,11 @@ class Plan:
         return sum(t.nbytes for t in self.tensors)
 
     @property
+    def config_layers(self) -> int:
+        """The target's decoder layer count."""
+        return len(self.layer_map) if self.layer_map is not None else self.dims.layers
+
+    @property
     def largest_tensor_bytes(self) -> int:
         return max((t.nbytes for t in self.tensors), default=0)
 
