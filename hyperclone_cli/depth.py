@@ -20,6 +20,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -216,3 +217,61 @@ def with_block_noise(
     for chunk in chunks:
         eta = torch.randn(chunk.shape, generator=gen, dtype=torch.float32) * std
         yield chunk.add_(eta.to(chunk.device, chunk.dtype))
+
+
+# --- verify: a new block is checked as the identity ------------------------------------
+
+
+def recorded_layer_map(config: object) -> LayerMap | None:
+    """The layer map `expand` recorded in config.json (`hyperclone.layer_map`), or None."""
+    prov = (
+        config.get("hyperclone")
+        if isinstance(config, dict)
+        else getattr(config, "hyperclone", None)
+    )
+    lmap = prov.get("layer_map") if isinstance(prov, dict) else None
+    if not isinstance(lmap, list):
+        return None
+    return [s if isinstance(s, int) else None for s in lmap]
+
+
+def check_layer_counts(lmap: LayerMap | None, src_layers: int, dst_layers: int) -> str | None:
+    """Why the two layer counts do not fit the recorded map (None: they fit)."""
+    if lmap is None:
+        return None if src_layers == dst_layers else "no layer map is recorded in its config.json"
+    if len(lmap) != dst_layers or sum(s is not None for s in lmap) != src_layers:
+        return f"its recorded layer map ({describe(lmap)}) does not fit"
+    return None
+
+
+def layer_references(
+    lmap: LayerMap | None, src_outputs: list[torch.Tensor], src_input: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """What each target layer must output (before widening): its source layer's output, or
+    for a new block, which is the identity, the reference of the layer below it (the
+    source's first layer's input at the bottom)."""
+    if lmap is None:
+        return src_outputs
+    refs: list[torch.Tensor] = []
+    below = src_input
+    for s in lmap:
+        below = src_outputs[s] if s is not None else below
+        refs.append(below)
+    return refs
+
+
+@contextmanager
+def first_input(layer: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Capture the hidden state that enters `layer` (a new block at the bottom sees it)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and not seen:
+            seen.append(hidden.detach().float())
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
