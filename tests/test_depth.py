@@ -15,8 +15,15 @@ from safetensors.torch import load_file, save_file
 from test_families import IDS, MODELS, _greedy, assert_same_function
 from transformers import Gemma3TextConfig, Qwen2Config
 
-from hyperclone_cli.depth import copy_sources, describe, layer_map
+from hyperclone_cli.depth import (
+    copy_sources,
+    deepened_config,
+    describe,
+    layer_map,
+    plan_layer_map,
+)
 from hyperclone_cli.errors import HypercloneError
+from hyperclone_cli.families.llama import LLAMA
 from hyperclone_cli.inspection import inspect
 from hyperclone_cli.pipeline import expand
 from hyperclone_cli.recipe import build_recipe
@@ -54,6 +61,30 @@ def test_layer_map_placements():
     assert describe([0, None, 1]) == "0 0+ 1"
 
 
+def test_config_keys_that_depend_on_the_layer_count():
+    cfg = {
+        "model_type": "llama",
+        "num_hidden_layers": 4,
+        "no_rope_layers": [1, 1, 0, 1],
+        "first_k_dense_replace": 1,
+        "mlp_only_layers": [0, 3],
+        "max_window_layers": 28,  # above the layer count: no layer uses the window
+    }
+    lmap = [0, None, 1, 2, 3, None]  # 0 0+ 1 2 3 3+
+    updates = deepened_config(cfg, LLAMA, lmap)
+    assert updates == {
+        "num_hidden_layers": 6,
+        "no_rope_layers": [1, 1, 1, 0, 1, 1],
+        "first_k_dense_replace": 2,
+        "mlp_only_layers": [0, 1, 4, 5],
+        "max_window_layers": 28,
+    }
+    with pytest.raises(HypercloneError, match="layer_types should have one entry per layer"):
+        deepened_config(cfg | {"layer_types": ["full_attention"] * 3}, LLAMA, lmap)
+    with pytest.raises(HypercloneError, match="decoder_sparse_step 2"):
+        plan_layer_map(LLAMA, cfg | {"decoder_sparse_step": 2}, 4, 2, "even")
+
+
 def _cases() -> list:
     cases = []
     for i, name in enumerate(n for n in MODELS if n not in POST_LN):
@@ -66,6 +97,13 @@ def _cases() -> list:
             cases.append(pytest.param(name, opts, id=f"{name}-x2-{placement}"))
     cases.append(pytest.param("llama-mqa-tied", {"add_layers": 1, "tie": "untie"}, id="untie"))
     cases.append(pytest.param("gpt2", {"factor": 3, "add_layers": 2, "noise": 3.0}, id="gpt2-x3"))
+    # the other width options, combined with depth
+    both = {"factor": 2, "add_layers": 2, "layout": "diagonal"}
+    cases.append(pytest.param("gpt2", both | {"attention": "head-dim"}, id="gpt2-head-dim"))
+    cases.append(pytest.param("opt", both | {"attention": "head-dim"}, id="opt-head-dim"))
+    keep = {"kv_heads": "keep", "ffn_factor": 3, "noise": 10.0}
+    cases.append(pytest.param("llama-gqa-bias", both | keep, id="llama-kv-keep-ffn3"))
+    cases.append(pytest.param("phi3-tied-partial", both | keep, id="phi3-kv-keep-ffn3"))
     return cases
 
 
