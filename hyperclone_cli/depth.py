@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .plan import TensorPlan
 
 LayerMap = list[int | None]  # target layer → source layer, None for a new block
+NOISE_ROWS = 64  # a new block's noise is drawn per this many rows (fixed: part of the bytes)
 
 # config.json keys that depend on the layer count, by how they follow the map
 LAYER_LISTS = ("layer_types", "no_rope_layers", "layers_block_type")  # a value per layer
@@ -207,16 +208,28 @@ def with_block_noise(
     chunks: Iterable[torch.Tensor], w: torch.Tensor, t: TensorPlan, snr_db: float, seed: int
 ) -> Iterator[torch.Tensor]:
     """Add plain (not zero-sum) noise at `snr_db` to a new block's weight matrix: the block's
-    output projections are zero, so any noise here keeps the function. Seeded by the target
-    tensor's name; drawn on the CPU, so the bytes do not depend on the device."""
+    output projections are zero, so any noise here keeps the function. Drawn on the CPU per
+    block of NOISE_ROWS rows, each seeded by the seed, the target tensor's name and the block,
+    so the bytes depend neither on the device nor on how the rows are chunked."""
     n_in = next((a.factor for a in t.axes if a.side == IN and a.widened), 1)
     mean_sq = float(w.double().pow(2).mean()) * (t.scale / n_in) ** 2 if w.numel() else 0.0
     std = math.sqrt(mean_sq / 10 ** (snr_db / 10))
     digest = hashlib.sha256(f"{seed}:{t.name}:new-block".encode()).digest()
-    gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    base = int.from_bytes(digest[:8], "little") >> 2
+    rows, rest = t.shape[0], t.shape[1:]
+    gen = torch.Generator(device="cpu")
+    r0 = 0
     for chunk in chunks:
-        eta = torch.randn(chunk.shape, generator=gen, dtype=torch.float32) * std
+        r1 = r0 + chunk.shape[0]
+        parts = []
+        for b in range(r0 // NOISE_ROWS, -(-r1 // NOISE_ROWS)):
+            lo = b * NOISE_ROWS
+            gen.manual_seed(base + b)
+            block = torch.randn((min(NOISE_ROWS, rows - lo), *rest), generator=gen)
+            parts.append(block[max(r0 - lo, 0) : r1 - lo])
+        eta = torch.cat(parts) * std
         yield chunk.add_(eta.to(chunk.device, chunk.dtype))
+        r0 = r1
 
 
 # --- verify: a new block is checked as the identity ------------------------------------

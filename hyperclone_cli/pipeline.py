@@ -200,7 +200,7 @@ def write_metadata(plan: Plan, source: Checkpoint, out_dir: Path) -> None:
 
 def _chunk_elements(t: TensorPlan, device: torch.device) -> int:
     """How much of a target tensor to compute at a time."""
-    if t.noise or t.block_noise:
+    if t.noise:
         return NOISE_CHUNK_ELEMENTS  # noise is drawn per chunk: part of the seeded bytes
     if device.type != "cpu":
         # one chunk per tensor: one device-to-host copy per tensor (device memory holds a

@@ -152,6 +152,26 @@ def test_new_block_noise_breaks_symmetry_and_keeps_the_function(sources, tmp_pat
     assert_same_function(src_logits, src_tokens, tmp_path / "a")
 
 
+def test_new_block_noise_does_not_depend_on_chunking():
+    from types import SimpleNamespace
+
+    from hyperclone_cli.depth import with_block_noise
+
+    w = torch.randn(150, 7, generator=torch.Generator().manual_seed(0))
+    t = SimpleNamespace(
+        name="model.layers.3.mlp.up_proj.weight", shape=(150, 7), axes=(), scale=1.0
+    )
+
+    def noisy(step: int) -> torch.Tensor:
+        chunks = [w[i : i + step].clone() for i in range(0, 150, step)]
+        return torch.cat(list(with_block_noise(chunks, w, t, 10.0, seed=4)))
+
+    a = noisy(150)
+    assert torch.equal(a, noisy(7)) and torch.equal(a, noisy(64))
+    snr = w.pow(2).mean() / (a - w).pow(2).mean()
+    assert 8 < snr < 12.5
+
+
 def _gemma3_sliding() -> Gemma3TextConfig:
     # 4 layers, a window of 3 tokens on all but every 2nd: the layer types change the logits
     return Gemma3TextConfig(
