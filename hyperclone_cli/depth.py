@@ -228,6 +228,8 @@ def with_block_noise(
             block = torch.randn((min(NOISE_ROWS, rows - lo), *rest), generator=gen)
             parts.append(block[max(r0 - lo, 0) : r1 - lo])
         eta = torch.cat(parts) * std
+        if chunk.untyped_storage().data_ptr() == w.untyped_storage().data_ptr():
+            chunk = chunk.clone()  # never add into the source (other targets read it too)
         yield chunk.add_(eta.to(chunk.device, chunk.dtype))
         r0 = r1
 

@@ -18,6 +18,7 @@ from .depth import LayerMap, deepen, deepened_config, plan_layer_map
 from .errors import HypercloneError
 from .families import IN, OUT, Dims, Family, Role, family_for
 from .families.base import head as head_role
+from .noise import NOISE_VERSION
 from .recipe import Recipe
 from .writer import Entry
 
@@ -114,6 +115,7 @@ class Plan:
             "kv_heads": r.kv_heads,
             "layout": r.layout,
             "noise_snr_db": r.noise,
+            "noise_generator": NOISE_VERSION if r.noise is not None else None,
             "seed": r.seed,
             "tie": self.tie,
             **(self.depth_provenance() if self.layer_map is not None else {}),
