@@ -27,7 +27,7 @@ from hyperclone_cli.families.llama import LLAMA
 from hyperclone_cli.inspection import inspect
 from hyperclone_cli.pipeline import expand
 from hyperclone_cli.recipe import build_recipe
-from hyperclone_cli.verify import verify
+from hyperclone_cli.verification import verify
 
 POST_LN = {"opt-post-ln", "opt-project"}  # refused: the norm sits on the residual stream
 PLACEMENTS = ("even", "top", "bottom")

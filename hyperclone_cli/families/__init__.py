@@ -43,4 +43,23 @@ def family_for(config: dict) -> Family:
     raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")
 
 
-__all__ = ["FAMILIES", "IN", "OUT", "Dims", "Family", "Role", "family_for"]
+def describe_families() -> list[dict]:
+    """The registry as data: what `hyperclone families` lists."""
+    return [
+        {
+            "family": f.name,
+            "architectures": list(f.architectures),
+            "model_types": list(f.model_types),
+            "attention_head_dim": not f.rotary,
+            "kv_heads_keep": f.supports_kv_keep,
+            "tie": "kept" if f.tie_keepers else "untied",
+            # --add-layers: where the layer index is known; some configs refuse (post-LN)
+            "add_layers": (
+                ("pre-LN only" if f.depth_refusal else "yes") if f.layer_index else "no"
+            ),
+        }
+        for f in FAMILIES
+    ]
+
+
+__all__ = ["FAMILIES", "describe_families", "IN", "OUT", "Dims", "Family", "Role", "family_for"]
