@@ -114,7 +114,7 @@ def deepen(
         targets.setdefault(c, []).append((t, s is None))
     layers = sum(s is not None for s in lmap)
     out: list[TensorPlan] = []
-    writers = 0
+    writers: Counter = Counter()  # residual-writing weight matrices per source layer
     for tp in tensors:
         m = pattern.match(tp.name)
         if m is None:
@@ -126,7 +126,7 @@ def deepen(
                 f"tensor {tp.name}: layer {s}, but config.json has {layers} layers; "
                 "the config does not match the weights"
             )
-        writers += tp.role.writes_residual
+        writers[s] += tp.role.writes_residual and len(tp.axes) >= 2
         for t, new in targets[s]:
             name = f"{tp.name[: m.start('layer')]}{t}{tp.name[m.end('layer') :]}"
             if not new:
@@ -135,10 +135,14 @@ def deepen(
                 out.append(replace(tp, name=name, zero=True, noise=False))
             else:
                 out.append(replace(tp, name=name, block_noise=noise and len(tp.axes) >= 2))
-    if not writers:
+    # every block writes into the residual stream at least twice (attention, MLP): a table
+    # that marks fewer has not said which projections must be zero
+    short = [s for s in range(layers) if writers[s] < 2]
+    if short:
         raise HypercloneError(
-            f"--add-layers is not supported for {family.name} yet: its table marks no "
-            "projection that writes into the residual stream; grow its width only"
+            f"--add-layers is not supported for {family.name} yet: its table does not mark "
+            f"the projections of layer {short[0]} that write into the residual stream; "
+            "grow its width only"
         )
     return out
 
