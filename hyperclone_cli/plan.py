@@ -150,6 +150,7 @@ def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dic
         "hidden": tile_map(dims.hidden, n),
         "embed": tile_map(dims.embed, n),
         "ffn": tile_map(dims.ffn, m),
+        "ffn_half": tile_map(dims.ffn // 2, m),  # Moshi: ffn_dim counts gate and up together
     }
     if recipe.attention == "head-dim":
         # each head keeps its place and grows: its rows repeated next to each other
@@ -169,6 +170,14 @@ def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dic
     maps["qkv"] = tile_map(3 * H * hd, n)  # GPT-NeoX per-head [q k v]: whole heads tile
     # norms over one head (Qwen3, Gemma 3 q/k norms): only head-dim attention widens a head
     maps["head"] = tile_map(hd, n) if recipe.attention == "head-dim" else identity_map(hd)
+    # one entry per head (attention sinks, Cohere's (heads, head_dim) q/k norms): the head
+    # order of the q and kv maps, read at the first index of each target head
+    maps["heads"] = maps["q"][::head_dim] // hd
+    maps["kv_heads"] = maps["kv"][::head_dim] // hd
+    # differential attention (DiffLlama) subtracts head H/2 + i from head i: heads are
+    # copied within their half, so the pairs stay aligned (head replication only)
+    maps["q_halves"] = _tile_halves(H * hd, n)
+    maps["kv_halves"] = _tile_halves(G * hd, n)
     sizes = {
         "hidden": n * dims.hidden,
         "embed": n * dims.embed,
@@ -180,10 +189,24 @@ def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dic
     return maps, sizes
 
 
+def _tile_halves(size: int, n: int) -> torch.Tensor:
+    half = size // 2
+    return torch.cat([tile_map(half, n), tile_map(half, n) + half])
+
+
 def _axis(space, side: str, size: int, maps: dict[str, torch.Tensor], name: str, k: int) -> AxisMap:
     parts = space if isinstance(space, tuple) else (space,)
     if parts == ("fixed",):
         return AxisMap(identity_map(size), size, side)
+    if parts == ("q_head_blocks",):  # MLA: rows per query head of any width, heads copied
+        heads = maps["heads"]
+        count = int(heads.max()) + 1
+        if size % count:
+            raise HypercloneError(
+                f"tensor {name}: axis {k} has size {size}, not a multiple of {count} heads"
+            )
+        block = size // count
+        return AxisMap((heads[:, None] * block + torch.arange(block)).reshape(-1), size, side)
     idxs, offset = [], 0
     for p in parts:
         idx = maps[p]
@@ -302,6 +325,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             scale *= embed_mult
         if name in keepers and tie == "kept":
             scale *= tie_scale
+        scale *= math.prod(f(n) for p, f in family.scaled if re.fullmatch(p, name))
         widened_in = any(a.side == IN and a.widened for a in axes)
         widened_out = any(a.side == OUT and a.widened for a in axes)
         tensors.append(

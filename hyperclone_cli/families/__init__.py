@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 from ..errors import HypercloneError
+from .apertus import APERTUS
 from .base import IN, OUT, Dims, Family, Role
-from .gemma import GEMMA, GEMMA3
+from .bitnet import BITNET
+from .cohere import COHERE
+from .diffllama import DIFFLLAMA
+from .doge import DOGE
+from .dory import DORY
+from .exaone import EXAONE, EXAONE4
+from .gemma import GEMMA, GEMMA3, VAULTGEMMA
+from .glm import GLM
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
+from .hunyuan import HUNYUAN_DENSE
+from .jais2 import JAIS2
 from .llama import LLAMA
+from .llama_variants import (
+    ARCEE,
+    CWM,
+    ERNIE4_5,
+    GRANITE,
+    GRANITE_SWA,
+    HELIUM,
+    HYPERCLOVAX,
+    MINISTRAL,
+    MINISTRAL3,
+    SEED_OSS,
+    SMOLLM3,
+)
+from .mla import MINICPM3, YOUTU
+from .modernbert import MODERNBERT_DECODER
+from .moshi import MOSHI
+from .nanochat import NANOCHAT
+from .nemotron import NEMOTRON
 from .olmo import OLMO, OLMO2
 from .opt import OPT
 from .phi3 import PHI3
 from .qwen2 import QWEN2
 from .qwen3 import QWEN3
+from .refusals import refused
 
 FAMILIES: tuple[Family, ...] = (
     LLAMA,
@@ -26,20 +55,55 @@ FAMILIES: tuple[Family, ...] = (
     OPT,
     GPT2,
     GPT_NEOX,
+    ARCEE,
+    CWM,
+    HELIUM,
+    MINISTRAL,
+    MINISTRAL3,
+    SEED_OSS,
+    SMOLLM3,
+    ERNIE4_5,
+    GRANITE,
+    GRANITE_SWA,
+    HYPERCLOVAX,
+    EXAONE,
+    EXAONE4,
+    VAULTGEMMA,
+    COHERE,
+    NEMOTRON,
+    APERTUS,
+    BITNET,
+    HUNYUAN_DENSE,
+    JAIS2,
+    GLM,
+    DOGE,
+    YOUTU,
+    MINICPM3,
+    DIFFLLAMA,
+    DORY,
+    NANOCHAT,
+    MODERNBERT_DECODER,
+    MOSHI,
 )
 
 
 def family_for(config: dict) -> Family:
     archs = config.get("architectures") or []
     model_type = config.get("model_type")
+    for fam in FAMILIES:  # both match: EXAONE is saved as LlamaForCausalLM, model_type exaone
+        if model_type in fam.model_types and any(a in fam.architectures for a in archs):
+            return fam
     for fam in FAMILIES:
         if any(a in fam.architectures for a in archs):
             return fam
+    refusal = refused(archs, model_type)  # before model_type: the class names the graph
+    if refusal:
+        raise HypercloneError(f"config.json: {refusal}")
     for fam in FAMILIES:
         if model_type in fam.model_types:
             return fam
     what = ", ".join(archs) if archs else f"model_type {model_type!r}"
-    supported = ", ".join(a for f in FAMILIES for a in f.architectures)
+    supported = ", ".join(dict.fromkeys(a for f in FAMILIES for a in f.architectures))
     raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")
 
 

@@ -3,9 +3,14 @@ config keys to widen. What is *done* to it lives in plan.py and clone.py.
 
 A role names, for each axis of a tensor, the *space* the axis lives in and its *side*:
 - spaces: "hidden" (the residual stream), "embed" (OPT's word_embed_proj_dim), "ffn",
+  "ffn_half" (half of it, where the config's size counts gate and up together),
   "q" (query heads × head_dim), "kv" (key/value heads × head_dim), "qkv" (GPT-NeoX's
-  per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "fixed"
-  (never widens: vocabulary, positions);
+  per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "heads" and
+  "kv_heads" (one entry per query / key-value head: attention sinks, Cohere's (heads,
+  head_dim) q/k norms, Doge's per-kv-head rates),
+  "q_head_blocks" (per query head, a block of any width: MLA's q_b/kv_b/o projections),
+  "q_halves"/"kv_halves" (q or kv, heads copied within each half: differential attention),
+  "fixed" (never widens: vocabulary, positions, latent ranks, scalars);
   a tuple of spaces is a fused axis, e.g. ("q", "kv", "kv") for `[q | k | v]`.
 - sides: OUT (gathered: rows of a Linear, embeddings, norms, biases) or IN
   (gathered and divided by the number of copies: columns of a Linear).
@@ -55,6 +60,11 @@ def norm(space: Space = "hidden", offset: float = 0.0) -> Role:
     return Role(((space, OUT),), norm_offset=offset)
 
 
+def fixed(ndim: int = 1) -> Role:
+    """A parameter that never widens: an activation's learnable scalars (ndim 0 or 1)."""
+    return Role((("fixed", OUT),) * ndim)
+
+
 def embedding(space: Space = "hidden") -> Role:
     """(rows, width) table whose rows are looked up: the width is an output side."""
     return Role((("fixed", OUT), (space, OUT)))
@@ -102,6 +112,9 @@ class Family:
     tie_keepers: tuple[str, ...] = ()  # regexes, in order of preference, scaled to keep a tie
     ignored: tuple[str, ...] = ()  # regexes of stored buffers transformers recomputes
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
+    # regex → multiplier of n, for tensors whose forward-pass constant grows with the width
+    # (Dory's logit scale meets hidden states of norm 1, not copies): applied on top of all else
+    scaled: tuple[tuple[str, Callable[[int], float]], ...] = ()
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
     supports_kv_keep: bool = True
     # depth growth (depth.py): a regex whose group "layer" is the layer index in a tensor name,

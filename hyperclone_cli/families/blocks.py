@@ -10,10 +10,11 @@ Rows = tuple[tuple[str, Role], ...]
 QKV = ("q", "kv", "kv")  # [q | k | v] fused along one axis, GQA sizes (H·hd, G·hd, G·hd)
 
 
-def attention(prefix: str, out: str = "o_proj") -> Rows:
+def attention(prefix: str, out: str = "o_proj", module: str = r"self_attn\.") -> Rows:
     """q/k/v and output projections with optional biases; q is scaled under head-dim
-    attention. `out` is the output projection's name (OPT: out_proj)."""
-    a = prefix + r"self_attn\."
+    attention. `out` is the output projection's name (OPT: out_proj), `module` the
+    attention module's (EXAONE: attn.attention.)."""
+    a = prefix + module
     return (
         (a + r"q_proj\.weight", linear("q", "hidden", q_scaled=True)),
         (a + r"q_proj\.bias", bias("q", q_scaled=True)),
