@@ -115,6 +115,7 @@ def deepen(
     layers = sum(s is not None for s in lmap)
     out: list[TensorPlan] = []
     writers: Counter = Counter()  # residual-writing weight matrices per source layer
+    shapes: dict[int, set[str]] = {}  # each source layer's tensor names, without the prefix
     for tp in tensors:
         m = pattern.match(tp.name)
         if m is None:
@@ -127,6 +128,7 @@ def deepen(
                 "the config does not match the weights"
             )
         writers[s] += tp.role.writes_residual and len(tp.axes) >= 2
+        shapes.setdefault(s, set()).add(tp.name[m.end() :])
         for t, new in targets[s]:
             name = f"{tp.name[: m.start('layer')]}{t}{tp.name[m.end('layer') :]}"
             if not new:
@@ -135,6 +137,17 @@ def deepen(
                 out.append(replace(tp, name=name, zero=True, noise=False))
             else:
                 out.append(replace(tp, name=name, block_noise=noise and len(tp.axes) >= 2))
+    # a copy placed elsewhere must have that place's tensors (ModernBERT's layer 0 has no
+    # attention norm, the others do)
+    first = shapes.get(0, set())
+    for s, names in sorted(shapes.items()):
+        if names != first:
+            odd = sorted(names ^ first)[0]
+            raise HypercloneError(
+                f"--add-layers is not possible for this {family.name} model: its layers differ "
+                f"(layer 0 and layer {s} differ in {odd}), so a copied block would not fit "
+                "its new place; grow its width only"
+            )
     # every block writes into the residual stream at least twice (attention, MLP): a table
     # that marks fewer has not said which projections must be zero
     short = [s for s in range(layers) if writers[s] < 2]

@@ -317,3 +317,18 @@ def test_cli_dry_run_and_inspect_show_the_layer_map(sources, tmp_path, cli):
     assert code == 0
     card = (tmp_path / "big" / "README.md").read_text()
     assert "LLaMA Pro" in card and "| 3 | new (copy of 1) |" in card
+
+
+def test_layers_that_differ_are_refused(sources, tmp_path):
+    """A copy must fit its new place: here layer 0 lacks a norm the others have (as in
+    ModernBERT's decoder)."""
+    src, _, _ = sources("llama-mha")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for f in src.iterdir():
+        (odd / f.name).write_bytes(f.read_bytes())
+    state = load_file(odd / "model.safetensors")
+    del state["model.layers.0.input_layernorm.weight"]
+    save_file(state, odd / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(HypercloneError, match="layers differ.*input_layernorm"):
+        expand(odd, tmp_path / "big", add_layers=1, dry_run=True)
