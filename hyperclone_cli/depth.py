@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 LayerMap = list[int | None]  # target layer → source layer, None for a new block
 NOISE_ROWS = 64  # a new block's noise is drawn per this many rows (fixed: part of the bytes)
 
+# `…layers.N.` / `…h.N.` / `…blocks.N.`: used when a family's own pattern matches no tensor
+GENERIC_LAYER_INDEX = re.compile(r"(?:.*?\.)?(?:layers|h|blocks)\.(?P<layer>\d+)\.")
+
 # config.json keys that depend on the layer count, by how they follow the map
 LAYER_LISTS = ("layer_types", "no_rope_layers", "layers_block_type")  # a value per layer
 LAYER_THRESHOLDS = ("max_window_layers", "first_k_dense_replace")  # layers below i differ
@@ -93,6 +96,12 @@ def plan_layer_map(family: Family, cfg: dict, layers: int, add: int, placement: 
             f"--add-layers cannot keep the function of this {family.name} model: {reason}; "
             "grow its width only"
         )
+    if cfg.get("scale_depth") is not None:  # MiniCPM: branch × scale_depth / √layers
+        raise HypercloneError(
+            f"--add-layers cannot keep the function of this {family.name} model: its residual "
+            "branches are scaled by scale_depth / √num_hidden_layers, which more layers would "
+            "change; grow its width only"
+        )
     for key in LAYER_PERIODS:
         if isinstance(cfg.get(key), int) and cfg[key] > 1:
             raise HypercloneError(
@@ -109,6 +118,8 @@ def deepen(
     layer that holds it, renamed; in new blocks, residual writers zero and, with `noise`,
     the other weight matrices noisy."""
     pattern = re.compile(family.layer_index)
+    if not any(pattern.match(tp.name) for tp in tensors):
+        pattern = GENERIC_LAYER_INDEX  # a family that kept another's pattern (EXAONE: h.N.)
     targets: dict[int, list[tuple[int, bool]]] = {}
     for t, (s, c) in enumerate(zip(lmap, copy_sources(lmap), strict=True)):
         targets.setdefault(c, []).append((t, s is None))
