@@ -67,6 +67,7 @@ Attention = _choice("attention")
 KV = _choice("kv_heads")
 Layout = _choice("layout")
 Device = _choice("device")
+Placement = _choice("layer_placement")
 
 
 def _version(value: bool) -> None:
@@ -127,6 +128,14 @@ def expand(
     untie: Annotated[
         bool, typer.Option("--untie", help="Write lm_head explicitly instead of keeping a tie.")
     ] = False,
+    add_layers: Annotated[
+        int | None,
+        typer.Option(help="Insert K new blocks that start as the identity (alone: factor 1)."),
+    ] = None,
+    layer_placement: Annotated[
+        Placement | None,
+        typer.Option(help="Where new blocks go: even (every L/K layers), top or bottom."),
+    ] = None,
     device: Annotated[Device | None, typer.Option(help="Where to compute (default auto).")] = None,
     dtype: Annotated[
         str | None,
@@ -193,6 +202,8 @@ def expand(
             kv_heads=_val(kv_heads),
             layout=_val(layout),
             tie="untie" if untie else None,
+            add_layers=add_layers,
+            layer_placement=_val(layer_placement),
             device=_val(device),
             dtype=dtype,
             shard_size=shard_size,
@@ -282,6 +293,12 @@ def inspect_cmd(
     recipe: Annotated[
         Path | None, typer.Option(help="Also show what this recipe would produce.")
     ] = None,
+    add_layers: Annotated[
+        int | None, typer.Option(help="Also show the layer map with K new blocks.")
+    ] = None,
+    layer_placement: Annotated[
+        Placement | None, typer.Option(help="Where new blocks go: even, top or bottom.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Architecture, sizes, shards, dtypes, tie, heads; and what an expansion would produce."""
@@ -289,7 +306,8 @@ def inspect_cmd(
     from .summary import dtype_words, tie_words
     from .units import format_size
 
-    info = run_inspect(path, factor=factor, recipe=recipe, revision=revision)
+    depth = {"add_layers": add_layers, "layer_placement": _val(layer_placement)}
+    info = run_inspect(path, factor=factor, recipe=recipe, revision=revision, **depth)
     d = info.to_dict()
     if as_json:
         out.print_json(json.dumps(d))
@@ -299,7 +317,10 @@ def inspect_cmd(
     t.add_column("source")
     exp = d["expansion"] or {}
     if exp:
-        t.add_column(f"×{exp['factor']}")
+        t.add_column(
+            f"×{exp['factor']}"
+            + (f", +{exp['add_layers']} layers" if exp.get("add_layers") else "")
+        )
     rows = [
         ("architecture", d["architecture"], ""),
         ("family", d["family"] or "unsupported", ""),
@@ -309,7 +330,8 @@ def inspect_cmd(
         ("shards", str(len(d["shards"])), exp and str(exp["shards"])),
         ("hidden", str(d["hidden"]), exp and str(exp["hidden"])),
         ("ffn", str(d["ffn"]), exp and str(exp["ffn"])),
-        ("layers", str(d["layers"]), exp and str(d["layers"])),
+        # with --add-layers: "4 → 6: 0 1 1+ 2 3 3+" (n+: a new block, a copy of layer n)
+        ("layers", str(d["layers"]), exp and exp["settings"].get("layers", str(exp["layers"]))),
         (
             "heads / kv / head_dim",
             f"{d['heads']} / {d['kv_heads']} / {d['head_dim']}",
@@ -319,7 +341,7 @@ def inspect_cmd(
     ]
     if exp:
         # the choices not shown above, in the words of expand's summary and the model card
-        shown = {"family", "dtype", "tied embeddings", "factor", "attention", "kv heads"}
+        shown = {"family", "dtype", "tied embeddings", "factor", "attention", "kv heads", "layers"}
         rows += [(k, "", v) for k, v in exp["settings"].items() if k not in shown]
         rows.append(("predicted peak RSS", "", _memory_words(exp)))
     for name, a, b in rows:
@@ -351,7 +373,8 @@ def families_cmd(
         out.print_json(json.dumps(fams))
         return
     t = Table(title="supported families")
-    for col in ("family", "architectures", "head-dim attention", "keep kv heads", "tied head"):
+    cols = ("family", "architectures", "head-dim attention", "keep kv heads", "tied head")
+    for col in (*cols, "add layers"):
         t.add_column(col, no_wrap=col == "architectures")
     for f in fams:
         t.add_row(
@@ -360,6 +383,7 @@ def families_cmd(
             "yes" if f["attention_head_dim"] else "no (rotary)",
             "yes" if f["kv_heads_keep"] else "no",
             f["tie"],
+            f["add_layers"],
         )
     out.print(t)
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .checkpoint import open_checkpoint
+from .depth import describe
 from .errors import HypercloneError
 from .families import family_for
 from .hub import resolve_source
@@ -84,7 +85,7 @@ def inspect(
     try:
         fam = family_for(cfg)
     except HypercloneError:
-        if factor is not None or recipe is not None:
+        if factor is not None or recipe is not None or kw.get("add_layers"):
             raise
         return info
     dims = fam.dims(cfg)
@@ -92,7 +93,7 @@ def inspect(
     info.tied = resolved_tie(cfg, fam)
     info.hidden, info.ffn, info.layers = dims.hidden, dims.ffn, dims.layers
     info.heads, info.kv_heads, info.head_dim = dims.heads, dims.kv_heads, dims.head_dim
-    if factor is None and recipe is None:
+    if factor is None and recipe is None and not kw.get("add_layers"):
         return info
 
     recipe = build_recipe(recipe, factor=factor, **kw)
@@ -113,6 +114,12 @@ def inspect(
         "kv_heads": plan.sizes["kv_heads"],
         "head_dim": plan.sizes["head_dim"],
         "tie": plan.tie,
+        "layers": plan.config_layers,
+        **(
+            {"add_layers": recipe.add_layers, "layer_map": describe(plan.layer_map)}
+            if plan.layer_map
+            else {}
+        ),
         "dtype": recipe.dtype or "/".join(sorted(dtypes)),
         "noise_snr_db": recipe.noise,
         "seed": recipe.seed,

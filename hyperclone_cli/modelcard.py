@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .depth import LayerMap, copy_sources
 from .plan import Plan
 from .summary import setting_rows, verification_words
 from .writer import ShardResult
@@ -57,6 +58,8 @@ def model_card(plan: Plan, shards: list[ShardResult], report: VerifyReport | Non
         *(f"| {k} | {cell(v)} |" for k, v in rows),
         "",
     ]
+    if plan.layer_map is not None:
+        lines += layer_section(plan.layer_map)
     if d is not None:
         lines += ["## Verification", "", "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {d[k]} |" for k in VERIFY_FIGURES]
@@ -68,3 +71,21 @@ def model_card(plan: Plan, shards: list[ShardResult], report: VerifyReport | Non
     for note in plan.notes:
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
+
+
+def layer_section(lmap: LayerMap) -> list[str]:
+    """Which source layer each target layer comes from, and which are new."""
+    new = sum(s is None for s in lmap)
+    lines = [
+        "## Layers",
+        "",
+        f"{new} new decoder blocks were inserted, as in LLaMA Pro (Wu et al., ACL 2024): each "
+        "copies the block below it with the projections that write into the residual stream "
+        "set to zero, so it starts as the identity.",
+        "",
+        "| target layer | source layer |",
+        "|---|---|",
+    ]
+    for t, (s, c) in enumerate(zip(lmap, copy_sources(lmap), strict=True)):
+        lines.append(f"| {t} | {s if s is not None else f'new (copy of {c})'} |")
+    return [*lines, ""]

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import clone
+from . import clone, depth
 from .checkpoint import Checkpoint, open_checkpoint
 from .clone import Noise
+from .depth import describe
 from .errors import HypercloneError
 from .hub import resolve_source
 from .modelcard import model_card
@@ -74,6 +75,12 @@ class ExpandResult:
             "verify_enabled": r.verify,
             "settings": dict(setting_rows(p)),
         }
+        if p.layer_map is not None:
+            out["layers"] = {
+                "source": p.dims.layers,
+                "target": len(p.layer_map),
+                "map": describe(p.layer_map),
+            }
         if self.verification is not None:
             out["verify"] = self.verification.to_dict()
         return out
@@ -175,7 +182,7 @@ def write_shards(
     """Stream every tensor of the plan from `source` into safetensors shards in `out_dir`."""
     recipe = plan.recipe
     noise = Noise(recipe.noise, recipe.seed) if recipe.noise is not None else None
-    order = [t.source for s in plan.shards for t in s.tensors]
+    order = [t.source for s in plan.shards for t in s.tensors if not t.zero]
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(_compute_threads(threads))
@@ -185,11 +192,15 @@ def write_shards(
             for shard in plan.shards:
                 writer.start_shard(shard.file, [t.entry for t in shard.tensors])
                 for t in shard.tensors:
+                    if t.zero:  # a new block's residual writer: nothing to read
+                        for chunk in depth.zeros(t, _chunk_elements(t, device), writer.alloc):
+                            writer.write(chunk)
+                        continue
                     w = source.read(t.source, device)
                     order.pop(0)
                     if order:
                         source.prefetch(order[0])  # read from disk while this one widens
-                    for chunk in clone.widen(
+                    chunks = clone.widen(
                         w,
                         t.axes,
                         scale=t.scale,
@@ -200,7 +211,10 @@ def write_shards(
                         out_dtype=t.dtype,
                         max_chunk_elements=_chunk_elements(t, device),
                         alloc=writer.alloc,
-                    ):
+                    )
+                    if t.block_noise:
+                        chunks = depth.with_block_noise(chunks, w, t, recipe.noise, recipe.seed)
+                    for chunk in chunks:
                         writer.write(chunk)
                     del w
                 writer.end_shard()

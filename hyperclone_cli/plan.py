@@ -14,6 +14,7 @@ import torch
 from ._version import __version__
 from .checkpoint import FLOAT_DTYPES, TORCH_TO_ST, Checkpoint
 from .clone import AxisMap, identity_map, interleave_map, tile_map
+from .depth import LayerMap, deepen, deepened_config, plan_layer_map
 from .errors import HypercloneError
 from .families import IN, OUT, Dims, Family, Role, family_for
 from .families.base import head as head_role
@@ -35,6 +36,8 @@ class TensorPlan:
     scale: float = 1.0
     noise: bool = False
     diagonal: bool = False
+    zero: bool = False  # a new block's residual writer (depth.py): zeros, the source unread
+    block_noise: bool = False  # a new block's other weight matrix: noise keeps the function
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -82,6 +85,7 @@ class Plan:
     tie: str  # "kept" | "untied" | "none"
     notes: list[str] = field(default_factory=list)
     shards: list[ShardPlan] = field(default_factory=list)
+    layer_map: LayerMap | None = None  # with --add-layers: target layer → source, None new
 
     @property
     def target_params(self) -> int:
@@ -90,6 +94,11 @@ class Plan:
     @property
     def target_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def config_layers(self) -> int:
+        """The target's decoder layer count."""
+        return len(self.layer_map) if self.layer_map is not None else self.dims.layers
 
     @property
     def largest_tensor_bytes(self) -> int:
@@ -111,6 +120,15 @@ class Plan:
             "noise_generator": NOISE_VERSION if r.noise is not None else None,
             "seed": r.seed,
             "tie": self.tie,
+            **(self.depth_provenance() if self.layer_map is not None else {}),
+        }
+
+    def depth_provenance(self) -> dict:
+        """The layer map as config.json records it: verify reads it to check new blocks."""
+        return {
+            "add_layers": self.recipe.add_layers,
+            "layer_placement": self.recipe.layer_placement,
+            "layer_map": [s if s is not None else "new" for s in self.layer_map or []],
         }
 
 
@@ -308,6 +326,9 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             "key/value heads as query heads; use --kv-heads replicate"
         )
     maps, sizes = space_maps(dims, recipe)
+    lmap = None
+    if recipe.add_layers:
+        lmap = plan_layer_map(family, cfg, dims.layers, recipe.add_layers, recipe.layer_placement)
     tied = resolved_tie(cfg, family)
     notes: list[str] = list(forced)
     dropped: list[tuple[str, str]] = []
@@ -420,8 +441,12 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             )
         )
 
+    if lmap is not None:
+        tensors = deepen(tensors, family, lmap, noise=recipe.noise is not None)
     config = copy.deepcopy(cfg)
     config.update(family.widened_config(cfg, sizes))
+    if lmap is not None:
+        config.update(deepened_config(cfg, family, lmap))
     if tie == "untied":
         config["tie_word_embeddings"] = False
     if recipe.dtype:
@@ -431,6 +456,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         if "torch_dtype" not in config and "dtype" not in config:
             config["dtype"] = recipe.dtype
     plan = Plan(ckpt, family, recipe, dims, sizes, config, tensors, dropped, tie, notes)
+    plan.layer_map = lmap
     config["hyperclone"] = plan.provenance()
     plan.shards = assign_shards(tensors, recipe.shard_bytes)
     return plan

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .depth import describe
 from .noise import NOISE_VERSION
 from .plan import Plan
 from .units import format_size
@@ -61,6 +62,8 @@ def setting_rows(plan: Plan) -> list[tuple[str, str]]:
         ("tied embeddings", tie_words(plan.tie)),
         # growth options beyond width (layers, experts) add their rows here
     ]
+    if plan.layer_map is not None:
+        rows.append(("layers", f"{d.layers} → {len(plan.layer_map)}: {describe(plan.layer_map)}"))
     return rows
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hyperclone_cli import depth
 from hyperclone_cli.checkpoint import Checkpoint
 from hyperclone_cli.errors import HypercloneError
 from hyperclone_cli.verification import (
@@ -42,10 +43,12 @@ def verify_streamed(
     """Run `ids` through the meta-built models, reading their weights module by module."""
     src_layers, prefix = _decoder_layers(src_model)
     dst_layers, _ = _decoder_layers(dst_model)
-    if len(src_layers) != len(dst_layers):
+    lmap = depth.recorded_layer_map(dst.config)  # a deeper model: new blocks inside
+    why = depth.check_layer_counts(lmap, len(src_layers), len(dst_layers))
+    if why:
         raise HypercloneError(
             f"{dst.path} has {len(dst_layers)} decoder layers and {src.path} has "
-            f"{len(src_layers)}: not a widening of it"
+            f"{len(src_layers)}, and {why}: not a growth of it"
         )
 
     # Source first: keep each layer's output (batch × seq × d, small), then compare the
@@ -54,13 +57,16 @@ def verify_streamed(
     if missing:
         raise HypercloneError(f"source {src.path} is incomplete: missing {preview(missing)}")
     src_outputs: list[torch.Tensor] = []
-    src_logits = _run_streamed(src_model, ids, src_layers, lambda i, h: src_outputs.append(h))
+    with depth.first_input(src_layers[0]) as src_input:
+        src_logits = _run_streamed(src_model, ids, src_layers, lambda i, h: src_outputs.append(h))
     src.close()
+    # what each wide layer must output, cloned: a new block's is the one below it
+    refs = depth.layer_references(lmap, src_outputs, src_input[0] if src_input else None)
 
     checks: list[LayerCheck] = []
 
     def check(i: int, h_dst: torch.Tensor) -> None:
-        h_src = src_outputs[i]
+        h_src = refs[i]
         n, rest = divmod(h_dst.shape[-1], h_src.shape[-1])
         if rest or h_dst.shape[:-1] != h_src.shape[:-1]:
             checks.append(LayerCheck(i, float("inf"), float("inf"), False))

@@ -143,6 +143,14 @@ def family_for(config: dict) -> Family:
     raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")
 
 
+def _depth_support(f: Family) -> str:
+    """--add-layers: "yes", "no", or "some configs" (OPT: pre-LN ones only)."""
+    writers = sum(role.writes_residual for _, role in f.tensors)
+    if not f.layer_index or writers < 2 or (f.depth_refusal and f.depth_refusal({})):
+        return "no"
+    return "some configs" if f.depth_refusal else "yes"
+
+
 def describe_families() -> list[dict]:
     """The registry as data: what `hyperclone families` lists."""
     return [
@@ -153,6 +161,7 @@ def describe_families() -> list[dict]:
             "attention_head_dim": not f.rotary,
             "kv_heads_keep": f.supports_kv_keep,
             "tie": "kept" if f.tie_keepers else "untied",
+            "add_layers": _depth_support(f),
         }
         for f in FAMILIES
     ]

@@ -40,6 +40,9 @@ class Role:
     # "q" or "kv": one tensor per head, its index the pattern's group `head` (StableLM's
     # per-head q/k LayerNorms): written once per target head that copies it
     per_head: str | None = None
+    # adds into the residual stream (attention output, MLP down projection, their biases):
+    # zero in a block that --add-layers inserts, so the block starts as the identity
+    writes_residual: bool = False
 
 
 def linear(out: Space, inp: Space, **kw) -> Role:
@@ -132,6 +135,10 @@ class Family:
     unscaled: Callable[[dict], bool] | None = None
     refuse: Callable[[dict], str | None] | None = None
     variant: Callable[[dict], Family] | None = None
+    # depth growth (depth.py): a regex whose group "layer" is the layer index in a tensor name,
+    # and why a block with zeroed residual writers would not be the identity, if it would not
+    layer_index: str = ""
+    depth_refusal: Callable[[dict], str | None] | None = None
 
     def role_of(self, name: str) -> Role | None:
         for pattern, role in self.tensors:

@@ -39,8 +39,8 @@ def fused_attention(
 def output(name: str, transposed: bool = False) -> Rows:
     """Attention output projection: heads in, residual stream out."""
     return (
-        (rf"{name}\.weight", _weight("hidden", "q", transposed)),
-        (rf"{name}\.bias", bias("hidden")),
+        (rf"{name}\.weight", _weight("hidden", "q", transposed, writes_residual=True)),
+        (rf"{name}\.bias", bias("hidden", writes_residual=True)),
     )
 
 
@@ -50,8 +50,8 @@ def mlp(prefix: str, up: str, down: str, transposed: bool = False, up_space: Spa
     return (
         (rf"{prefix}{up}\.weight", _weight(up_space, "hidden", transposed)),
         (rf"{prefix}{up}\.bias", bias(up_space)),
-        (rf"{prefix}{down}\.weight", _weight("hidden", "ffn", transposed)),
-        (rf"{prefix}{down}\.bias", bias("hidden")),
+        (rf"{prefix}{down}\.weight", _weight("hidden", "ffn", transposed, writes_residual=True)),
+        (rf"{prefix}{down}\.bias", bias("hidden", writes_residual=True)),
     )
 
 

@@ -18,6 +18,11 @@ A = L + r"self_attn\."
 DIFFLLAMA = replace(
     LLAMA,
     name="diffllama",
+    # depth.py: lambda_init = 0.8 - 0.6·exp(-0.3·layer_idx) in each attention
+    depth_refusal=lambda cfg: (
+        "its differential attention depends on the layer index (lambda_init), so layers "
+        "renumbered by inserted blocks would compute differently"
+    ),
     architectures=("DiffLlamaForCausalLM",),
     model_types=("diffllama",),
     tensors=(

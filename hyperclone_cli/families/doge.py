@@ -13,6 +13,11 @@ from .llama import LLAMA, L
 DOGE = replace(
     LLAMA,
     name="doge",
+    # depth.py: a block computes `g ⊙ x + f(x)` with learned gains g, not `x + f(x)`
+    depth_refusal=lambda cfg: (
+        "its blocks scale the residual stream by learned gains (input_residual, "
+        "post_attention_residual), so a block with zeroed output projections is not the identity"
+    ),
     architectures=("DogeForCausalLM",),
     model_types=("doge",),
     tensors=(

@@ -27,6 +27,11 @@ def _sqrt(n: int) -> float:
 DORY = replace(
     LLAMA,
     name="dory",
+    # depth.py: nGPT's update is h ← norm(h + α·(norm(f(h)) − h)), not h + f(h)
+    depth_refusal=lambda cfg: (
+        "its residual update is a normalised interpolation (nGPT), not a sum, so a block "
+        "with zeroed output projections is not the identity"
+    ),
     architectures=("DoryForCausalLM",),
     model_types=("dory",),
     tensors=(

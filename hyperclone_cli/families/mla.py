@@ -22,8 +22,8 @@ MLA_ATTENTION = (
     (A + r"(q_a_proj|kv_a_proj_with_mqa)\.bias", bias("fixed")),
     (A + r"(q_a|kv_a)_layernorm\.weight", fixed(1)),
     (A + r"(q_b_proj|kv_b_proj)\.weight", linear("q_head_blocks", "fixed")),
-    (A + r"o_proj\.weight", linear("hidden", "q_head_blocks")),
-    (A + r"o_proj\.bias", bias("hidden")),
+    (A + r"o_proj\.weight", linear("hidden", "q_head_blocks", writes_residual=True)),
+    (A + r"o_proj\.bias", bias("hidden", writes_residual=True)),
 )
 NOT_ATTENTION = tuple(row for row in LLAMA.tensors if "self_attn" not in row[0])
 
