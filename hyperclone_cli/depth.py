@@ -39,7 +39,14 @@ NOISE_ROWS = 64  # a new block's noise is drawn per this many rows (fixed: part 
 GENERIC_LAYER_INDEX = re.compile(r"(?:.*?\.)?(?:layers|h|blocks)\.(?P<layer>\d+)\.")
 
 # config.json keys that depend on the layer count, by how they follow the map
-LAYER_LISTS = ("layer_types", "no_rope_layers", "layers_block_type")  # a value per layer
+# a value per layer (GPT-Neo: attention_layers, "global"/"local")
+LAYER_LISTS = (
+    "layer_types",
+    "no_rope_layers",
+    "layers_block_type",
+    "attention_layers",
+    "layer_rope_theta",
+)
 LAYER_THRESHOLDS = ("max_window_layers", "first_k_dense_replace")  # layers below i differ
 LAYER_INDEX_LISTS = ("mlp_only_layers", "full_attn_idxs")  # indices of some layers
 # every k-th layer differs: kept only where a per-layer list says it all (Gemma 3 derives
@@ -91,6 +98,10 @@ def plan_layer_map(family: Family, cfg: dict, layers: int, add: int, placement: 
             "where the layer index is in tensor names; grow its width only"
         )
     reason = family.depth_refusal(cfg) if family.depth_refusal else None
+    if family.config_path:  # Fuyu: the text model's layer count lives in a sub-config
+        reason = (
+            f"its layers are counted in {family.config_path}, which depth growth does not rewrite"
+        )
     if reason:
         raise HypercloneError(
             f"--add-layers cannot keep the function of this {family.name} model: {reason}; "
@@ -189,6 +200,9 @@ def deepened_config(cfg: dict, family: Family, lmap: LayerMap) -> dict:
                 f"found {values!r}; fix the config"
             )
         updates[key] = [values[c] for c in src]
+    if "attention_types" in cfg and "attention_layers" in updates:
+        # GPT-Neo derives attention_layers from [[types, repeats], …]: one entry per layer
+        updates["attention_types"] = [[[t], 1] for t in updates["attention_layers"]]
     for key in LAYER_THRESHOLDS:
         v = resolved.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and key in cfg:

@@ -330,3 +330,29 @@ def test_codegen_fused_qkv_map_by_hand():
     rows = _maps(2, 2, 2)["qvk4"].tolist()
     assert rows[:6] == [0, 3, 1, 4, 2, 5] and rows[6:12] == [6, 9, 7, 10, 8, 11]
     assert rows[12:] == rows[:12]
+
+
+# Depth growth (--add-layers) with widening: exact, or refused with the reason.
+DEPTH_REFUSED = {
+    "openai-gpt": "post-LN",
+    "fuyu": "text_config",
+    "gpt_neox_japanese": "layers differ",
+    "cpmant": "residual",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_family_deepens_exactly_or_refuses(sources, tmp_path, name):
+    src, src_logits, src_tokens = sources(name)
+    refused = next((v for k, v in DEPTH_REFUSED.items() if name.startswith(k)), None)
+    if refused:
+        with pytest.raises(HypercloneError, match=refused):
+            expand(src, tmp_path / "deep", verify=False, factor=2, add_layers=2)
+        return
+    plan = expand(src, tmp_path / "deep", verify=False, factor=2, add_layers=2).plan
+    assert plan.config["hyperclone"]["layer_map"].count("new") == 2
+    if src_tokens is None:
+        deep = tiny.logits(tiny.load(tmp_path / "deep"), IDS)
+        assert (deep - src_logits).abs().max() <= 2e-5 * max(1.0, src_logits.abs().max())
+    else:
+        assert_same_function(src_logits, src_tokens, tmp_path / "deep")

@@ -217,3 +217,27 @@ def test_refusal_reaches_the_cli_as_one_line(tmp_path, cli):
     code, _, err = cli("expand", src, tmp_path / "wide", "--factor", "2")
     assert code == 1 and "cannot be widened exactly: per-layer head sizes" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "wide").exists()
+
+
+# Depth growth (--add-layers) with widening, for every model above: exact, or refused with
+# the feature that makes a zeroed block something other than the identity.
+DEPTH_REFUSED = {
+    "doge": "residual",
+    "dory": "nGPT",
+    "minicpm3": "scale_depth",
+    "diffllama": "layer",
+    "modernbert-decoder": "differ",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_dense_family_deepens_exactly_or_refuses(sources, tmp_path, name):
+    src, src_logits, src_tokens = sources(name)
+    refused = next((v for k, v in DEPTH_REFUSED.items() if name.startswith(k)), None)
+    if refused:
+        with pytest.raises(HypercloneError, match="--add-layers"):
+            expand(src, tmp_path / "deep", verify=False, factor=2, add_layers=2)
+        return
+    plan = expand(src, tmp_path / "deep", verify=False, factor=2, add_layers=2).plan
+    assert plan.config["hyperclone"]["layer_map"].count("new") == 2
+    assert_same_function(src_logits, src_tokens, tmp_path / "deep")

@@ -21,6 +21,7 @@ def _variant(cfg: dict) -> Family:
 
 BIOGPT = Family(
     name="biogpt",
+    layer_index=B + r"layers\.(?P<layer>\d+)\.",
     architectures=("BioGptForCausalLM",),
     model_types=("biogpt",),
     tensors=(

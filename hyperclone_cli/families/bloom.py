@@ -18,6 +18,13 @@ ALIBI = "ALiBi slopes depend on the number of heads"
 
 BLOOM = Family(
     name="bloom",
+    depth_refusal=lambda cfg: (
+        "apply_residual_connection_post_layernorm puts the normalised input on the "
+        "residual stream, so a zeroed block is not the identity"
+        if cfg.get("apply_residual_connection_post_layernorm")
+        else None
+    ),
+    layer_index=T + r"h\.(?P<layer>\d+)\.",
     architectures=("BloomForCausalLM",),
     model_types=("bloom",),
     tensors=(

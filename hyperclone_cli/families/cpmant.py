@@ -15,6 +15,7 @@ A = L + r"self_att\.self_attention\."
 
 CPMANT = Family(
     name="cpmant",
+    layer_index=C + r"encoder\.layers\.(?P<layer>\d+)\.",
     architectures=("CpmAntForCausalLM",),
     model_types=("cpmant",),
     tensors=(

@@ -51,6 +51,7 @@ def _refuse(cfg: dict) -> str | None:
 
 FALCON = Family(
     name="falcon",
+    layer_index=T + r"h\.(?P<layer>\d+)\.",
     architectures=("FalconForCausalLM",),
     model_types=("falcon",),
     tensors=_tensors(("q", "kv", "kv")),

@@ -31,6 +31,7 @@ def _variant(cfg: dict) -> Family:
 
 GPT_BIGCODE = Family(
     name="gpt_bigcode",
+    layer_index=T + r"h\.(?P<layer>\d+)\.",
     architectures=("GPTBigCodeForCausalLM",),
     model_types=("gpt_bigcode",),
     tensors=_tensors(("q", "kv", "kv")),

@@ -14,6 +14,7 @@ A = H + r"attn\.attention\."
 
 GPT_NEO = Family(
     name="gpt_neo",
+    layer_index=T + r"h\.(?P<layer>\d+)\.",
     architectures=("GPTNeoForCausalLM",),
     model_types=("gpt_neo",),
     tensors=(

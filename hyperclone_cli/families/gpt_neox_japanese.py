@@ -31,6 +31,7 @@ def _ffn_ratio(cfg: dict, sizes: dict[str, int]) -> dict:
 
 GPT_NEOX_JAPANESE = Family(
     name="gpt_neox_japanese",
+    layer_index=G + r"layers\.(?P<layer>\d+)\.",
     architectures=("GPTNeoXJapaneseForCausalLM",),
     model_types=("gpt_neox_japanese",),
     tensors=(

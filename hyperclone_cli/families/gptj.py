@@ -24,6 +24,7 @@ _COMMON = (
 
 GPTJ = Family(
     name="gptj",
+    layer_index=T + r"h\.(?P<layer>\d+)\.",
     architectures=("GPTJForCausalLM",),
     model_types=("gptj",),
     tensors=(

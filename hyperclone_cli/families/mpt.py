@@ -35,6 +35,7 @@ def _refuse(cfg: dict) -> str | None:
 
 MPT = Family(
     name="mpt",
+    layer_index=T + r"blocks\.(?P<layer>\d+)\.",
     architectures=("MptForCausalLM",),
     model_types=("mpt",),
     tensors=(

@@ -12,6 +12,11 @@ H = T + r"h\.\d+\."
 
 OPENAI_GPT = Family(
     name="openai-gpt",
+    depth_refusal=lambda cfg: (
+        "its LayerNorms sit on the residual stream (post-LN blocks), so a zeroed block "
+        "still normalises and is not the identity"
+    ),
+    layer_index=T + r"h\.(?P<layer>\d+)\.",
     architectures=("OpenAIGPTLMHeadModel",),
     model_types=("openai-gpt",),
     tensors=(
