@@ -122,9 +122,7 @@ class NoiseStream:
         n = max(self.factor, 2)
         return zero_sum_over_copies(x, self.idx, self.source_size) * math.sqrt(n / (n - 1))
 
-    def _draw(
-        self, r0: int, r1: int, per_row: tuple[int, ...], pin: bool = False
-    ) -> torch.Tensor:
+    def _draw(self, r0: int, r1: int, per_row: tuple[int, ...], pin: bool = False) -> torch.Tensor:
         """Normal draws (std `self.std`) for rows r0:r1: whole logical blocks, in parallel."""
         br = self.block_rows
         b0, b1 = r0 // br, -(-r1 // br)

@@ -94,14 +94,16 @@ def expand(
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    verify_progress: Callable[[int, int], None] | None = None,
     **overrides: object,
 ) -> ExpandResult:
     """Widen the checkpoint at `src` into `dst`.
 
     `recipe` is a Recipe or a YAML path; keyword `overrides` (factor, ffn_factor, attention,
     kv_heads, layout, noise, seed, dtype, tie, verify, verify_tolerance, shard_size, device)
-    win over it. Raises HypercloneError (VerificationError when the check fails) and leaves
-    no `dst` behind on any failure.
+    win over it. `progress(bytes)` follows the writing, `verify_progress(layers, total)` the
+    verification (streamed: memory stays about one weight). Raises HypercloneError
+    (VerificationError when the check fails) and leaves no `dst` behind on any failure.
     """
     start = time.perf_counter()
     recipe = build_recipe(recipe, **overrides)
@@ -134,6 +136,7 @@ def expand(
                 stage.tmp,
                 tolerance=recipe.verify_tolerance,
                 device=str(resolve_device(recipe.device)),
+                progress=verify_progress,
             )
             result.verification = report
             report.raise_if_failed("; nothing was written")

@@ -20,6 +20,7 @@ from torch import nn
 from hyperclone_cli.checkpoint import Checkpoint
 from hyperclone_cli.errors import HypercloneError
 from hyperclone_cli.verify import (
+    CannotStream,
     LayerCheck,
     VerifyReport,
     compare_logits,
@@ -38,10 +39,12 @@ def verify_streamed(
     ids: torch.Tensor,
     tolerance: float,
     device: str,
+    step: Callable[[], None] | None = None,
 ) -> VerifyReport:
-    """Run `ids` through the meta-built models, reading their weights module by module."""
-    src_layers, prefix = _decoder_layers(src_model)
-    dst_layers, _ = _decoder_layers(dst_model)
+    """Run `ids` through the meta-built models, reading their weights module by module;
+    `step()` after each decoder layer."""
+    src_layers, prefix = decoder_layers(src_model)
+    dst_layers, _ = decoder_layers(dst_model)
     if len(src_layers) != len(dst_layers):
         raise HypercloneError(
             f"{dst.path} has {len(dst_layers)} decoder layers and {src.path} has "
@@ -54,12 +57,20 @@ def verify_streamed(
     if missing:
         raise HypercloneError(f"source {src.path} is incomplete: missing {preview(missing)}")
     src_outputs: list[torch.Tensor] = []
-    src_logits = _run_streamed(src_model, ids, src_layers, lambda i, h: src_outputs.append(h))
+
+    def keep(i: int, h_src: torch.Tensor) -> None:
+        src_outputs.append(h_src)
+        if step is not None:
+            step()
+
+    src_logits = _run_streamed(src_model, ids, src_layers, keep)
     src.close()
 
     checks: list[LayerCheck] = []
 
     def check(i: int, h_dst: torch.Tensor) -> None:
+        if step is not None:
+            step()
         h_src = src_outputs[i]
         n, rest = divmod(h_dst.shape[-1], h_src.shape[-1])
         if rest or h_dst.shape[:-1] != h_src.shape[:-1]:
@@ -97,13 +108,13 @@ def _run_streamed(
     sink: Callable[[int, torch.Tensor], None],
 ) -> torch.Tensor:
     try:
-        with _capture(layers, sink):
+        with capture(layers, sink):
             return model_logits(model, ids)
     except (RuntimeError, NotImplementedError) as err:
         if "meta" not in str(err):
             raise
         # Some module used a weight it does not own, so no hook loaded it.
-        raise HypercloneError(
+        raise CannotStream(
             f"streamed verify cannot run {type(model).__name__} ({first_line(err)}); use full mode"
         ) from err
 
@@ -213,7 +224,7 @@ def _stored_names(model: nn.Module, on_disk: Iterable[str], path: Path) -> dict[
             key, renamings, converters, model.base_model_prefix, expected
         )
         if merged is not None:
-            raise HypercloneError(
+            raise CannotStream(
                 f"streamed verify cannot read {path}: transformers merges tensors such as "
                 f"{key} when loading {type(model).__name__}; use full mode"
             )
@@ -221,7 +232,7 @@ def _stored_names(model: nn.Module, on_disk: Iterable[str], path: Path) -> dict[
     return names
 
 
-def _decoder_layers(model: nn.Module) -> tuple[list[nn.Module], str | None]:
+def decoder_layers(model: nn.Module) -> tuple[list[nn.Module], str | None]:
     """The decoder layers: the first ModuleList as long as `num_hidden_layers`."""
     count = text_config(model.config).num_hidden_layers
     for name, module in model.named_modules():
@@ -231,7 +242,7 @@ def _decoder_layers(model: nn.Module) -> tuple[list[nn.Module], str | None]:
 
 
 @contextmanager
-def _capture(layers: list[nn.Module], sink: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+def capture(layers: list[nn.Module], sink: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
     """Pass each decoder layer's output hidden state to `sink(index, hidden)`."""
 
     def hook(index: int) -> Callable:
