@@ -20,7 +20,9 @@ Both report progress in decoder layers run (source's, then the widened model's).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,7 +128,7 @@ def verify(
     *,
     tolerance: float | None = None,
     streamed: bool | None = None,
-    batch_size: int = 2,
+    batch_size: int = 1,
     seq_len: int = 32,
     seed: int = 0,
     device: str = "cpu",
@@ -137,9 +139,12 @@ def verify(
     `tolerance` bounds the relative logit error (max |Δlogit| / max |logit_src|); by default
     it follows the destination's stored dtype: `TOLERANCE_FP32` (1e-4) for float32,
     `TOLERANCE_HALF` (3e-2) for bfloat16/float16 (see the constants for why).
-    `streamed=None` streams (memory: about the largest weight) and falls back to full mode
-    where a model cannot be streamed and both fit in 60% of the available RAM; True or False
-    insists on one mode. `progress(done, total)` is called as decoder layers run.
+    One sequence of 32 random tokens by default: a wrong widening (a lost 1/n, noise that
+    does not cancel) shows at every position, and the wide model's forward pass, most of
+    verify's time, grows with the tokens. `streamed=None` streams (memory: about the
+    largest weight) and falls back to full mode where a model cannot be streamed and both
+    fit in 60% of the available RAM; True or False insists on one mode.
+    `progress(done, total)` is called as decoder layers run.
     `passed` requires the error within tolerance and no missing or unexpected weights in
     `dst`; the greedy check and the per-layer checks are diagnostics.
 
@@ -159,22 +164,47 @@ def verify(
     vocab = min(text_config(src_config).vocab_size, text_config(dst_config).vocab_size)
     ids = token_batch(vocab, batch_size, seq_len, seed).to(device)
     layers = 2 * text_config(src_config).num_hidden_layers
-    step = _counter(progress, layers)
 
-    if streamed is not False:
-        src_meta = empty_model(src_ckpt.path, src_config)
-        dst_meta = empty_model(dst_ckpt.path, dst_config)
-        try:
-            return verify_streamed(
-                src_ckpt, dst_ckpt, src_meta, dst_meta, ids, tolerance, device, step
-            )
-        except CannotStream:
-            need = 4 * (count_parameters(src_meta) + count_parameters(dst_meta))
-            if streamed or need > STREAM_MEMORY_FRACTION * psutil.virtual_memory().available:
-                raise
-        del src_meta, dst_meta
-        step = _counter(progress, layers)  # start again, in full mode
-    return verify_full(src_ckpt.path, dst_ckpt.path, ids, tolerance, device, step)
+    # fewer threads than cores on a busy machine: see _idle_cores
+    with _threads(_idle_cores()):
+        if streamed is not False:
+            src_meta = empty_model(src_ckpt.path, src_config)
+            dst_meta = empty_model(dst_ckpt.path, dst_config)
+            step = _counter(progress, layers)
+            try:
+                return verify_streamed(
+                    src_ckpt, dst_ckpt, src_meta, dst_meta, ids, tolerance, device, step
+                )
+            except CannotStream:
+                need = 4 * (count_parameters(src_meta) + count_parameters(dst_meta))
+                if streamed or need > STREAM_MEMORY_FRACTION * psutil.virtual_memory().available:
+                    raise
+            del src_meta, dst_meta
+        step = _counter(progress, layers)  # (again, in full mode)
+        return verify_full(src_ckpt.path, dst_ckpt.path, ids, tolerance, device, step)
+
+
+def _idle_cores() -> int:
+    """Threads for the forward passes: the cores not already busy. One short token batch
+    makes small matrix products, and on a loaded machine torch's extra threads spin
+    waiting for each other: 2 threads on a 2-core machine under load 8 took 4.5x the CPU
+    time and wall time of 1 thread (streamed verify of SmolLM2 x2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(torch.get_num_threads(), cores - busy))
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _counter(progress: VerifyProgress | None, total: int) -> Callable[[], None] | None:
