@@ -485,11 +485,13 @@ def bench_gpu(name: str, size: dict, work: Path, args: argparse.Namespace) -> di
                 shutil.rmtree(dst, ignore_errors=True)
                 continue
             runs[job].append(x)
+            say(f"[gpu {name}] {job}: {x['result']['seconds']} s, device {x['result']['device']}")
             digests.setdefault(job, [s["sha256"] for s in x["result"]["shards"]])
             if dst != kept:
                 shutil.rmtree(dst)
         say(f"[gpu {name}] floor, run {r + 1}/{args.repeat}")
         runs["floor"].append(run(child("floor", str(kept), str(work / f"gpu-{name}-floor")), log))
+        say(f"[gpu {name}] floor: {runs['floor'][-1]['result']['seconds']:.3f} s")
         shutil.rmtree(work / f"gpu-{name}-floor")
         if r < args.repeat - 1:
             shutil.rmtree(kept)
