@@ -19,7 +19,7 @@ from torch import nn
 
 from hyperclone_cli.checkpoint import Checkpoint
 from hyperclone_cli.errors import HypercloneError
-from hyperclone_cli.verify import (
+from hyperclone_cli.verification import (
     CannotStream,
     LayerCheck,
     VerifyReport,
