@@ -137,6 +137,10 @@ def expand(
         return result
 
     needed = plan.target_bytes + sum(p.stat().st_size for p in source.other_files)
+    if recipe.verify:
+        from .verification import warm_up
+
+        warm_up(src)  # transformers' imports, meanwhile
     with staged_output(src, dst, force=force, needed_bytes=needed) as stage:
         try:
             result.shards = write_shards(plan, source, stage.tmp, device, progress)
