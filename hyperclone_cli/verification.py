@@ -155,6 +155,8 @@ def verify(
     misses weights, or when streamed mode meets a layout it cannot read tensor by tensor
     (checkpoints whose tensors transformers merges on load, such as per-expert MoE files).
     """
+    if _warming is not None:
+        _warming.join()
     # Imported here: both modes build on this module's report and helpers.
     from hyperclone_cli.verify_full import verify_full
     from hyperclone_cli.verify_streamed import count_parameters, empty_model, verify_streamed
@@ -203,9 +205,16 @@ def warm_up(src: str | Path) -> threading.Thread:
 
             AutoModelForCausalLM._model_mapping[type(config)]  # imports the modelling module
 
+    global _warming
     thread = threading.Thread(target=imports, name="hyperclone-verify-imports", daemon=True)
     thread.start()
+    _warming = thread
     return thread
+
+
+# The warm-up thread, which verify() waits for: transformers' lazy module breaks when two
+# threads import from it at once ("cannot import name 'AutoConfig'").
+_warming: threading.Thread | None = None
 
 
 def _idle_cores() -> int:
