@@ -102,8 +102,8 @@ def inspect(
     info.expansion = {
         "factor": recipe.factor,
         "ffn_factor": recipe.ffn_multiplier,
-        "attention": recipe.attention,
-        "kv_heads_strategy": recipe.kv_heads,
+        "attention": plan.recipe.attention,  # the plan's: ALiBi or MQA may decide it
+        "kv_heads_strategy": plan.recipe.kv_heads,
         "params": plan.target_params,
         "bytes": plan.target_bytes,
         "shards": len(plan.shards),
