@@ -91,6 +91,35 @@ def _val(e: Enum | None) -> str | None:
     return e.value if e is not None else None
 
 
+def _progress_bar():
+    """A transient bar on stderr, shown only on a terminal; tasks carry an `amount` text
+    (bytes written, layers run)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        TextColumn("{task.fields[amount]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _layers_task(bar):
+    """A `progress(done, total)` for verification: a 'verifying' task in decoder layers."""
+    task = None
+
+    def on_layers(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task("verifying", total=total, amount="")
+        bar.update(task, completed=done, amount=f"{done}/{total} layers")
+
+    return on_layers
+
+
 @app.command(
     cls=Command, short_help="Widen SRC into DST: stream, expand, verify, then move into place."
 )
@@ -158,31 +187,20 @@ def expand(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Widen SRC into DST: stream, expand, verify, then move into place."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     from .pipeline import expand as run_expand
+    from .units import format_size
 
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
+    bar = _progress_bar()
     task = None
 
     def on_plan(plan) -> None:
         nonlocal task
-        task = bar.add_task("expanding", total=plan.target_bytes)
+        task = bar.add_task("expanding", total=plan.target_bytes, amount="")
+
+    def on_bytes(n: int) -> None:
+        bar.advance(task, n)
+        t = bar.tasks[task]
+        bar.update(task, amount=f"{format_size(t.completed)} / {format_size(t.total)}")
 
     with bar:
         result = run_expand(
@@ -191,8 +209,9 @@ def expand(
             recipe=recipe,
             force=force,
             dry_run=dry_run,
-            progress=lambda n: bar.advance(task, n),
+            progress=on_bytes,
             on_plan=on_plan,
+            verify_progress=_layers_task(bar),
             revision=revision,
             factor=factor,
             ffn_factor=ffn_factor,
@@ -241,7 +260,8 @@ def verify(
         bool | None,
         typer.Option(
             "--streamed/--full",
-            help="Load one module's weights at a time (default: when RAM is short).",
+            help="Load one module's weights at a time (default; full where a model cannot "
+            "be streamed), or each model whole (also compares a greedy continuation).",
         ),
     ] = None,
     device: Annotated[
@@ -255,9 +275,18 @@ def verify(
     from .verification import verify as run_verify
 
     dev = resolve_device(_val(device) or "auto")
-    report = run_verify(
-        src, dst, tolerance=tolerance, streamed=streamed, device=str(dev), revision=revision
-    )
+    bar = _progress_bar()
+    with bar:
+        on_layers = _layers_task(bar)
+        report = run_verify(
+            src,
+            dst,
+            tolerance=tolerance,
+            streamed=streamed,
+            device=str(dev),
+            revision=revision,
+            progress=on_layers,
+        )
     d = report.to_dict()
     if as_json:
         out.print_json(json.dumps(d))

@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 # noisy tensors go the float32 route with a few temporaries per chunk: smaller chunks stay
 # in cache (the noise itself is drawn per fixed row block, so the bytes do not depend on it)
 NOISE_CHUNK_ELEMENTS = 1 << 22
-# verify streams when both models in float32 exceed this share of the available RAM
-VERIFY_STREAM_FRACTION = 0.6
 
 
 @dataclass
@@ -91,11 +89,22 @@ class ExpandResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """Where to run a model (verify): `auto` is cuda when present."""
     if name == "cuda" and not torch.cuda.is_available():
         raise HypercloneError("--device cuda: CUDA is not available here; use --device cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def expand_device(name: str, noise: bool) -> torch.device:
+    """Where to widen. `auto` is the CPU for a plain widening: it is block copies, which the
+    CPU does at memory speed, while a GPU adds two PCIe crossings per byte for nothing.
+    With noise, the GPU (when present) does the float32 arithmetic, leaving every core to
+    draw the noise (drawn on the CPU on every device, for the same bytes)."""
+    if name == "auto":
+        return resolve_device("auto") if noise else torch.device("cpu")
+    return resolve_device(name)
 
 
 def expand(
@@ -107,6 +116,7 @@ def expand(
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    verify_progress: Callable[[int, int], None] | None = None,
     revision: str | None = None,
     **overrides: object,
 ) -> ExpandResult:
@@ -114,8 +124,9 @@ def expand(
 
     `recipe` is a Recipe or a YAML path; keyword `overrides` (factor, ffn_factor, attention,
     kv_heads, layout, noise, seed, dtype, tie, verify, verify_tolerance, shard_size, device)
-    win over it. Raises HypercloneError (VerificationError when the check fails) and leaves
-    no `dst` behind on any failure.
+    win over it. `progress(bytes)` follows the writing, `verify_progress(layers, total)` the
+    verification (streamed: memory stays about one weight). Raises HypercloneError
+    (VerificationError when the check fails) and leaves no `dst` behind on any failure.
     """
     start = time.perf_counter()
     recipe = build_recipe(recipe, **overrides)
@@ -124,7 +135,7 @@ def expand(
     # the destination is checked before planning too, so a dry run refuses a bad one
     dst = check_destination(src, dst, force)
     plan = make_plan(source, recipe)
-    device = resolve_device(recipe.device)
+    device = expand_device(recipe.device, recipe.noise is not None)
     if on_plan is not None:
         on_plan(plan)
     source_params = sum(t.numel for t in source.tensors.values())
@@ -133,6 +144,10 @@ def expand(
         return result
 
     needed = plan.target_bytes + sum(p.stat().st_size for p in source.other_files)
+    if recipe.verify:
+        from .verification import warm_up
+
+        warm_up(src)  # transformers' imports, meanwhile
     with staged_output(src, dst, force=force, needed_bytes=needed) as stage:
         try:
             result.shards = write_shards(plan, source, stage.tmp, device, progress)
@@ -148,8 +163,9 @@ def expand(
                 src,
                 stage.tmp,
                 tolerance=recipe.verify_tolerance,
-                streamed=mode == "streamed",
-                device=str(device),
+                streamed=None if mode == "streamed" else False,
+                device=str(resolve_device(recipe.device)),
+                progress=verify_progress,
             )
             result.verification = report
             report.raise_if_failed("; nothing was written")
@@ -160,16 +176,10 @@ def expand(
 
 
 def verification_mode(recipe: Recipe, source_params: int, target_params: int) -> str:
-    """How expand verifies: "off", "full" (both models in memory) or "streamed" (one
-    module's weights at a time). inspect predicts memory from the same answer."""
-    if not recipe.verify:
-        return "off"
-    import psutil
-
-    need = 4 * (source_params + target_params)
-    return (
-        "streamed" if need > VERIFY_STREAM_FRACTION * psutil.virtual_memory().available else "full"
-    )
+    """How expand verifies: "off" or "streamed" (one module's weights at a time, so the
+    memory stays about expand's own; verify falls back to "full" only for a model that
+    cannot be streamed). inspect predicts memory from the same answer."""
+    return "streamed" if recipe.verify else "off"
 
 
 def write_shards(
@@ -187,13 +197,15 @@ def write_shards(
     if device.type == "cpu":
         torch.set_num_threads(_compute_threads(threads))
     try:
-        # reused chunk buffers on the CPU; a device's chunks arrive in fresh host memory
-        with BackgroundWriter(out_dir, pooled=device.type == "cpu", progress=progress) as writer:
+        # reused chunk buffers: the CPU computes into them; a GPU's chunks are copied into
+        # them (pinned) on a side stream while it computes the next ones
+        on_gpu = device.type == "cuda"
+        with BackgroundWriter(out_dir, pooled=True, pinned=on_gpu, progress=progress) as writer:
             for shard in plan.shards:
                 writer.start_shard(shard.file, [t.entry for t in shard.tensors])
                 for t in shard.tensors:
                     if t.zero:  # a new block's residual writer: nothing to read
-                        for chunk in depth.zeros(t, _chunk_elements(t, device), writer.alloc):
+                        for chunk in depth.zeros(t, _chunk_elements(t), writer.alloc):
                             writer.write(chunk)
                         continue
                     w = source.read(t.source, device)
@@ -209,8 +221,8 @@ def write_shards(
                         noise=noise if t.noise else None,
                         tensor_seed=t.tensor_seed(recipe.seed),
                         out_dtype=t.dtype,
-                        max_chunk_elements=_chunk_elements(t, device),
-                        alloc=writer.alloc,
+                        max_chunk_elements=_chunk_elements(t),
+                        alloc=None if on_gpu else writer.alloc,
                     )
                     if t.block_noise:
                         chunks = depth.with_block_noise(chunks, w, t, recipe.noise, recipe.seed)
@@ -238,14 +250,12 @@ def write_metadata(plan: Plan, source: Checkpoint, out_dir: Path) -> None:
         shutil.copy2(f, out_dir / f.name)
 
 
-def _chunk_elements(t: TensorPlan, device: torch.device) -> int:
-    """How much of a target tensor to compute at a time."""
+def _chunk_elements(t: TensorPlan) -> int:
+    """How much of a target tensor to compute at a time: a writer buffer's worth, on any
+    device (a GPU's chunk k+1 is computed while chunk k crosses to the host and k-1 is
+    written)."""
     if t.noise:
         return NOISE_CHUNK_ELEMENTS
-    if device.type != "cpu":
-        # one chunk per tensor: one device-to-host copy per tensor (device memory holds a
-        # target tensor easily; the host still sees only that tensor)
-        return max(1, t.numel)
     return CHUNK_BYTES // t.dtype.itemsize
 
 

@@ -9,13 +9,22 @@ This module holds the report, the tolerance and `verify()`, which checks both ch
 with the same reader as `expand` (so a corrupt or hostile file is refused the same way,
 before transformers sees it) and picks one of two ways to run the models:
 
-- `verify_full`: transformers loads each model whole, one after the other.
-- `verify_streamed`: for checkpoints larger than memory; one module's weights at a time,
-  and each decoder layer compared on its own.
+- `verify_streamed` (the default): one module's weights at a time, so memory stays about
+  the largest weight whatever the model's size, and each decoder layer compared on its own.
+- `verify_full`: transformers loads each model whole, one after the other; also compares
+  a greedy continuation. Used where a model cannot be streamed (a module that uses weights
+  it does not own, tensors that transformers merges on load), or when asked for.
+
+Both report progress in decoder layers run (source's, then the widened model's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,9 +45,16 @@ from hyperclone_cli.errors import HypercloneError, VerificationError
 TOLERANCE_FP32 = 1e-4
 TOLERANCE_HALF = 3e-2
 
-# Stream automatically when both models in float32 would take more than this share of
-# the memory available now.
+# Full mode, where streaming cannot run a model, only when both models in float32 take
+# less than this share of the memory available now.
 STREAM_MEMORY_FRACTION = 0.6
+
+# progress(layers run, layers in all): the source's decoder layers, then the widened model's
+VerifyProgress = Callable[[int, int], None]
+
+
+class CannotStream(HypercloneError):
+    """Streamed mode cannot run this model; full mode can."""
 
 
 @dataclass
@@ -114,18 +130,24 @@ def verify(
     *,
     tolerance: float | None = None,
     streamed: bool | None = None,
-    batch_size: int = 2,
+    batch_size: int = 1,
     seq_len: int = 32,
     seed: int = 0,
     device: str = "cpu",
     revision: str | None = None,
+    progress: VerifyProgress | None = None,
 ) -> VerifyReport:
     """Run one token batch through `src` and its widened `dst`; compare the logits.
 
     `tolerance` bounds the relative logit error (max |Δlogit| / max |logit_src|); by default
     it follows the destination's stored dtype: `TOLERANCE_FP32` (1e-4) for float32,
     `TOLERANCE_HALF` (3e-2) for bfloat16/float16 (see the constants for why).
-    `streamed=None` streams when the two models in float32 exceed 60% of available RAM.
+    One sequence of 32 random tokens by default: a wrong widening (a lost 1/n, noise that
+    does not cancel) shows at every position, and the wide model's forward pass, most of
+    verify's time, grows with the tokens. `streamed=None` streams (memory: about the
+    largest weight) and falls back to full mode where a model cannot be streamed and both
+    fit in 60% of the available RAM; True or False insists on one mode.
+    `progress(done, total)` is called as decoder layers run.
     `passed` requires the error within tolerance and no missing or unexpected weights in
     `dst`; the greedy check and the per-layer checks are diagnostics.
 
@@ -133,6 +155,8 @@ def verify(
     misses weights, or when streamed mode meets a layout it cannot read tensor by tensor
     (checkpoints whose tensors transformers merges on load, such as per-expert MoE files).
     """
+    if _warming is not None:
+        _warming.join()
     # Imported here: both modes build on this module's report and helpers.
     from hyperclone_cli.verify_full import verify_full
     from hyperclone_cli.verify_streamed import count_parameters, empty_model, verify_streamed
@@ -146,19 +170,89 @@ def verify(
     src_config, dst_config = _load_config(src_ckpt.path), _load_config(dst_ckpt.path)
     if tolerance is None:
         tolerance = default_tolerance(dst_ckpt)
-    src_meta = empty_model(src_ckpt.path, src_config)
-    dst_meta = empty_model(dst_ckpt.path, dst_config)
-    if streamed is None:
-        need = 4 * (count_parameters(src_meta) + count_parameters(dst_meta))
-        streamed = need > STREAM_MEMORY_FRACTION * psutil.virtual_memory().available
-
     vocab = min(text_config(src_config).vocab_size, text_config(dst_config).vocab_size)
     ids = token_batch(vocab, batch_size, seq_len, seed).to(device)
+    layers = 2 * text_config(src_config).num_hidden_layers
 
-    if streamed:
-        return verify_streamed(src_ckpt, dst_ckpt, src_meta, dst_meta, ids, tolerance, device)
-    del src_meta, dst_meta
-    return verify_full(src_ckpt.path, dst_ckpt.path, ids, tolerance, device)
+    # fewer threads than cores on a busy machine: see _idle_cores
+    with _threads(_idle_cores()):
+        if streamed is not False:
+            src_meta = empty_model(src_ckpt.path, src_config)
+            dst_meta = empty_model(dst_ckpt.path, dst_config)
+            step = _counter(progress, layers)
+            try:
+                return verify_streamed(
+                    src_ckpt, dst_ckpt, src_meta, dst_meta, ids, tolerance, device, step
+                )
+            except CannotStream:
+                need = 4 * (count_parameters(src_meta) + count_parameters(dst_meta))
+                if streamed or need > STREAM_MEMORY_FRACTION * psutil.virtual_memory().available:
+                    raise
+            del src_meta, dst_meta
+        step = _counter(progress, layers)  # (again, in full mode)
+        return verify_full(src_ckpt.path, dst_ckpt.path, ids, tolerance, device, step)
+
+
+def warm_up(src: str | Path) -> threading.Thread:
+    """Import transformers and the source's model code on a background thread, so that
+    expand does it while it writes: the imports are about a third of a streamed verify of
+    SmolLM2 x2 (pure Python; the writing mostly waits on the disk or runs without the GIL)."""
+
+    def imports() -> None:
+        with contextlib.suppress(Exception):  # verify itself reports any failure
+            config = _load_config(Path(src))
+            from transformers import AutoModelForCausalLM
+
+            AutoModelForCausalLM._model_mapping[type(config)]  # imports the modelling module
+
+    global _warming
+    thread = threading.Thread(target=imports, name="hyperclone-verify-imports", daemon=True)
+    thread.start()
+    _warming = thread
+    return thread
+
+
+# The warm-up thread, which verify() waits for: transformers' lazy module breaks when two
+# threads import from it at once ("cannot import name 'AutoConfig'").
+_warming: threading.Thread | None = None
+
+
+def _idle_cores() -> int:
+    """Threads for the forward passes: the cores not already busy. One short token batch
+    makes small matrix products, and on a loaded machine torch's extra threads spin
+    waiting for each other: 2 threads on a 2-core machine under load 8 took 4.5x the CPU
+    time and wall time of 1 thread (streamed verify of SmolLM2 x2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(torch.get_num_threads(), cores - busy))
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _counter(progress: VerifyProgress | None, total: int) -> Callable[[], None] | None:
+    """One call per decoder layer run → progress(done, total)."""
+    if progress is None:
+        return None
+    done = 0
+    progress(0, total)
+
+    def step() -> None:
+        nonlocal done
+        done = min(done + 1, total)
+        progress(done, total)
+
+    return step
 
 
 def token_batch(vocab: int, batch_size: int, seq_len: int, seed: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ short greedy continuation is identical (reported, not part of `passed`)."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,9 +26,15 @@ GREEDY_NEW_TOKENS = 8
 
 
 def verify_full(
-    src: Path, dst: Path, ids: torch.Tensor, tolerance: float, device: str
+    src: Path,
+    dst: Path,
+    ids: torch.Tensor,
+    tolerance: float,
+    device: str,
+    step: Callable[[], None] | None = None,
 ) -> VerifyReport:
-    """Load `src`, then `dst`, with transformers and compare their logits on `ids`."""
+    """Load `src`, then `dst`, with transformers and compare their logits on `ids`;
+    `step()` after each decoder layer of the logits pass."""
     prompt = ids[:1, :GREEDY_PROMPT_TOKENS]
     # One model at a time: the wide model alone sets the peak, not both together.
     model, info = _load_full(src, device)
@@ -36,12 +42,12 @@ def verify_full(
     # ones would make the reference itself random.
     if info["missing"]:
         raise HypercloneError(f"source {src} is incomplete: missing {preview(info['missing'])}")
-    src_logits, src_text = model_logits(model, ids), _greedy(model, prompt)
+    src_logits, src_text = _logits(model, ids, step), _greedy(model, prompt)
     del model
     gc.collect()
 
     model, info = _load_full(dst, device)
-    dst_logits, dst_text = model_logits(model, ids), _greedy(model, prompt)
+    dst_logits, dst_text = _logits(model, ids, step), _greedy(model, prompt)
     del model
     gc.collect()
 
@@ -57,6 +63,15 @@ def verify_full(
         missing_keys=info["missing"],
         unexpected_keys=info["unexpected"],
     )
+
+
+def _logits(model: nn.Module, ids: torch.Tensor, step: Callable[[], None] | None) -> torch.Tensor:
+    if step is None:
+        return model_logits(model, ids)
+    from hyperclone_cli.verify_streamed import capture, decoder_layers
+
+    with capture(decoder_layers(model)[0], lambda i, h: step()):
+        return model_logits(model, ids)
 
 
 def _load_full(path: Path, device: str) -> tuple[nn.Module, dict[str, list[str]]]:

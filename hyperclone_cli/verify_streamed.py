@@ -21,6 +21,7 @@ from hyperclone_cli import depth
 from hyperclone_cli.checkpoint import Checkpoint
 from hyperclone_cli.errors import HypercloneError
 from hyperclone_cli.verification import (
+    CannotStream,
     LayerCheck,
     VerifyReport,
     compare_logits,
@@ -39,10 +40,12 @@ def verify_streamed(
     ids: torch.Tensor,
     tolerance: float,
     device: str,
+    step: Callable[[], None] | None = None,
 ) -> VerifyReport:
-    """Run `ids` through the meta-built models, reading their weights module by module."""
-    src_layers, prefix = _decoder_layers(src_model)
-    dst_layers, _ = _decoder_layers(dst_model)
+    """Run `ids` through the meta-built models, reading their weights module by module;
+    `step()` after each decoder layer."""
+    src_layers, prefix = decoder_layers(src_model)
+    dst_layers, _ = decoder_layers(dst_model)
     lmap = depth.recorded_layer_map(dst.config)  # a deeper model: new blocks inside
     why = depth.check_layer_counts(lmap, len(src_layers), len(dst_layers))
     if why:
@@ -57,8 +60,14 @@ def verify_streamed(
     if missing:
         raise HypercloneError(f"source {src.path} is incomplete: missing {preview(missing)}")
     src_outputs: list[torch.Tensor] = []
+
+    def keep(i: int, h_src: torch.Tensor) -> None:
+        src_outputs.append(h_src)
+        if step is not None:
+            step()
+
     with depth.first_input(src_layers[0]) as src_input:
-        src_logits = _run_streamed(src_model, ids, src_layers, lambda i, h: src_outputs.append(h))
+        src_logits = _run_streamed(src_model, ids, src_layers, keep)
     src.close()
     # what each wide layer must output, cloned: a new block's is the one below it
     refs = depth.layer_references(lmap, src_outputs, src_input[0] if src_input else None)
@@ -66,6 +75,8 @@ def verify_streamed(
     checks: list[LayerCheck] = []
 
     def check(i: int, h_dst: torch.Tensor) -> None:
+        if step is not None:
+            step()
         h_src = refs[i]
         n, rest = divmod(h_dst.shape[-1], h_src.shape[-1])
         if rest or h_dst.shape[:-1] != h_src.shape[:-1]:
@@ -103,13 +114,13 @@ def _run_streamed(
     sink: Callable[[int, torch.Tensor], None],
 ) -> torch.Tensor:
     try:
-        with _capture(layers, sink):
+        with capture(layers, sink):
             return model_logits(model, ids)
     except (RuntimeError, NotImplementedError) as err:
         if "meta" not in str(err):
             raise
         # Some module used a weight it does not own, so no hook loaded it.
-        raise HypercloneError(
+        raise CannotStream(
             f"streamed verify cannot run {type(model).__name__} ({first_line(err)}); use full mode"
         ) from err
 
@@ -219,7 +230,7 @@ def _stored_names(model: nn.Module, on_disk: Iterable[str], path: Path) -> dict[
             key, renamings, converters, model.base_model_prefix, expected
         )
         if merged is not None:
-            raise HypercloneError(
+            raise CannotStream(
                 f"streamed verify cannot read {path}: transformers merges tensors such as "
                 f"{key} when loading {type(model).__name__}; use full mode"
             )
@@ -227,7 +238,7 @@ def _stored_names(model: nn.Module, on_disk: Iterable[str], path: Path) -> dict[
     return names
 
 
-def _decoder_layers(model: nn.Module) -> tuple[list[nn.Module], str | None]:
+def decoder_layers(model: nn.Module) -> tuple[list[nn.Module], str | None]:
     """The decoder layers: the first ModuleList as long as `num_hidden_layers`."""
     count = text_config(model.config).num_hidden_layers
     for name, module in model.named_modules():
@@ -237,7 +248,7 @@ def _decoder_layers(model: nn.Module) -> tuple[list[nn.Module], str | None]:
 
 
 @contextmanager
-def _capture(layers: list[nn.Module], sink: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+def capture(layers: list[nn.Module], sink: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
     """Pass each decoder layer's output hidden state to `sink(index, hidden)`."""
 
     def hook(index: int) -> Callable:

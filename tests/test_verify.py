@@ -96,7 +96,7 @@ def test_correct_widening_passes_in_both_modes_with_the_same_figures(pair):
         assert report.rel_error < 1e-5
         assert report.kl < 1e-8
         assert report.top1_agreement == 1.0
-        assert report.n_tokens == 2 * 32
+        assert report.n_tokens == 32
         assert not report.missing_keys and not report.unexpected_keys
     assert full.mode == "full" and full.greedy_match is True and full.layers == []
     assert streamed.mode == "streamed" and streamed.greedy_match is None
@@ -225,13 +225,29 @@ def test_half_precision_gets_the_half_tolerance(pair, tmp_path):
     assert not verify(half_src, half_wide).passed
 
 
-def test_streams_automatically_when_memory_is_short(pair, monkeypatch):
+def test_streams_by_default_and_falls_back_to_full_where_it_cannot(pair, monkeypatch):
     src, wide = pair
+    seen = []
+    report = verify(src, wide, progress=lambda done, total: seen.append((done, total)))
+    assert report.mode == "streamed" and report.passed
+    # progress in decoder layers: the source's 3, then the wide model's 3
+    assert seen[0] == (0, 6) and seen[-1] == (6, 6) and len(seen) == 7
+
+    def cannot(*args, **kwargs):
+        raise verify_module.CannotStream("streamed verify cannot run this model")
+
+    monkeypatch.setattr(streamed_module, "verify_streamed", cannot)
     memory = namedtuple("memory", "available")
-    monkeypatch.setattr(verify_module.psutil, "virtual_memory", lambda: memory(1000))
-    assert verify(src, wide).mode == "streamed"
     monkeypatch.setattr(verify_module.psutil, "virtual_memory", lambda: memory(1 << 40))
-    assert verify(src, wide).mode == "full"
+    seen.clear()
+    report = verify(src, wide, progress=lambda done, total: seen.append((done, total)))
+    assert report.mode == "full" and report.passed
+    assert seen[-1] == (6, 6)
+    with pytest.raises(HypercloneError, match="cannot run"):
+        verify(src, wide, streamed=True)  # asked for: no fallback
+    monkeypatch.setattr(verify_module.psutil, "virtual_memory", lambda: memory(1000))
+    with pytest.raises(HypercloneError, match="cannot run"):
+        verify(src, wide)  # full mode would not fit in memory
 
 
 def test_unloadable_checkpoint_raises_one_line(pair, tmp_path):
