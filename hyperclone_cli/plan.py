@@ -201,6 +201,8 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             "key/value heads as query heads; use --kv-heads replicate"
         )
     maps, sizes = space_maps(dims, recipe)
+    for space, size in family.ffn_space_sizes(cfg).items():  # MoE experts, shared experts
+        maps[space] = tile_map(size, recipe.ffn_multiplier)
     tied = resolved_tie(cfg, family)
     notes: list[str] = []
     dropped: list[tuple[str, str]] = []
@@ -282,7 +284,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
                 axes=axes,
                 dtype=out_dtype or info.dtype,
                 scale=scale,
-                noise=recipe.noise is not None and widened_in,
+                noise=recipe.noise is not None and widened_in and role.noisy,
                 diagonal=recipe.layout == "diagonal" and widened_in and widened_out,
             )
         )
@@ -309,6 +311,9 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
 
     config = copy.deepcopy(cfg)
     config.update(family.widened_config(cfg, sizes))
+    for _, key, _ in family.ffn_spaces:
+        if cfg.get(key):
+            config[key] = cfg[key] * recipe.ffn_multiplier
     if tie == "untied":
         config["tie_word_embeddings"] = False
     if recipe.dtype:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from ..errors import HypercloneError
 from .base import IN, OUT, Dims, Family, Role
+from .deepseek import DEEPSEEK
 from .gemma import GEMMA, GEMMA3
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
+from .granitemoe import GRANITEMOE
 from .llama import LLAMA
+from .mixtral import MIXTRAL, PHIMOE
 from .olmo import OLMO, OLMO2
 from .opt import OPT
 from .phi3 import PHI3
 from .qwen2 import QWEN2
 from .qwen3 import QWEN3
+from .qwen_moe import OLMOE, QWEN2_MOE, QWEN3_MOE
 
 FAMILIES: tuple[Family, ...] = (
     LLAMA,
@@ -26,6 +30,14 @@ FAMILIES: tuple[Family, ...] = (
     OPT,
     GPT2,
     GPT_NEOX,
+    # mixture of experts
+    MIXTRAL,
+    PHIMOE,
+    QWEN2_MOE,
+    QWEN3_MOE,
+    OLMOE,
+    GRANITEMOE,
+    DEEPSEEK,
 )
 
 

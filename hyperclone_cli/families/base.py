@@ -32,6 +32,7 @@ class Role:
     lm_head: bool = False  # the LM head: dropped when the embedding is tied to it
     q_scaled: bool = False  # multiplied by 1/√n under head-dim attention (q weight/bias)
     norm_offset: float = 0.0  # Gemma stores RMSNorm gain as (1 + w)
+    noisy: bool = True  # False for MoE routers and gates: their logits pick experts
 
 
 def linear(out: Space, inp: Space, **kw) -> Role:
@@ -101,6 +102,10 @@ class Family:
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
     supports_kv_keep: bool = True
+    # more FFN-like spaces (MoE experts, shared experts): (space, size key, multiplier key
+    # or None); the size is cfg[size key] (× cfg[multiplier key]); each widens by the FFN
+    # factor, and so does its size key in config.json
+    ffn_spaces: tuple[tuple[str, str, str | None], ...] = ()
 
     def role_of(self, name: str) -> Role | None:
         for pattern, role in self.tensors:
@@ -160,6 +165,15 @@ class Family:
         if self.config_quirks:
             updates.update(self.config_quirks(cfg, sizes))
         return updates
+
+    def ffn_space_sizes(self, cfg: dict) -> dict[str, int]:
+        """Source sizes of the extra FFN spaces (MoE experts, shared experts)."""
+        sizes = {}
+        for space, key, times in self.ffn_spaces:
+            if not cfg.get(key):
+                continue  # e.g. no shared expert
+            sizes[space] = cfg_int(cfg, key) * (cfg_int(cfg, times) if times else 1)
+        return sizes
 
 
 def _first_set(cfg: dict, keys: tuple[str, ...]) -> str | None:
