@@ -123,6 +123,13 @@ def expand(
         bool, typer.Option("--dry-run", help="Plan and report; write nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    experts: Annotated[
+        int | None,
+        typer.Option(help="Upcycle a dense model into this many experts (factor 1 allowed)."),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Experts per token when upcycling (default 2).")
+    ] = None,
 ) -> None:
     """Widen SRC into DST: stream, expand, verify, then move into place."""
     from rich.progress import (
@@ -173,6 +180,8 @@ def expand(
             shard_size=shard_size,
             verify_tolerance=tolerance,
             verify=False if no_verify else None,
+            experts=experts,
+            top_k=top_k,
         )
     from .units import format_size
 
@@ -243,6 +252,33 @@ def verify(
     report.raise_if_failed()
 
 
+def _changed(architecture: str, d: dict) -> str:
+    """The output's architecture where it differs (upcycling), else blank."""
+    return "" if architecture == d["architecture"] else architecture
+
+
+def _moe_rows(
+    src: dict | None, exp: dict | None, params: int, exp_params: int | None
+) -> list[tuple[str, str, str]]:
+    """Experts / top-k / shared experts and the parameters active per token, before and after
+    (a dense model: all of them)."""
+
+    def experts(m: dict | None) -> str:
+        return f"{m['experts']} / {m['top_k']} / {m['shared_experts']}" if m else "dense"
+
+    def active(m: dict | None, total: int) -> str:
+        return f"{m['active_params'] if m else total:,}"
+
+    return [
+        ("experts / top-k / shared", experts(src), exp_params and experts(exp)),
+        (
+            "active parameters per token",
+            active(src, params),
+            exp_params and active(exp, exp_params),
+        ),
+    ]
+
+
 @app.command("inspect", short_help="Describe a checkpoint, and what an expansion would produce.")
 def inspect_cmd(
     path: Annotated[Path, typer.Argument(help="Checkpoint directory.", metavar="PATH")],
@@ -253,12 +289,16 @@ def inspect_cmd(
         Path | None, typer.Option(help="Also show what this recipe would produce.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    experts: Annotated[
+        int | None, typer.Option(help="Also show what upcycling into this many experts gives.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Experts per token when upcycling.")] = None,
 ) -> None:
     """Architecture, sizes, shards, dtypes, tie, heads; and what an expansion would produce."""
     from .inspection import inspect as run_inspect
     from .units import format_size
 
-    info = run_inspect(path, factor=factor, recipe=recipe)
+    info = run_inspect(path, factor=factor, recipe=recipe, experts=experts, top_k=top_k)
     d = info.to_dict()
     if as_json:
         out.print_json(json.dumps(d))
@@ -270,7 +310,7 @@ def inspect_cmd(
     if exp:
         t.add_column(f"×{exp['factor']}")
     rows = [
-        ("architecture", d["architecture"], ""),
+        ("architecture", d["architecture"], exp and _changed(exp["architecture"], d)),
         ("family", d["family"] or "unsupported", ""),
         ("parameters", f"{d['params']:,}", exp and f"{exp['params']:,}"),
         ("bytes", format_size(d["bytes"]), exp and format_size(exp["bytes"])),
@@ -286,6 +326,9 @@ def inspect_cmd(
         ),
         ("tied embeddings", str(d["tied"]), exp and exp["tie"]),
     ]
+    src_moe, exp_moe = d["moe"], exp and exp["moe"]
+    if src_moe or exp_moe:
+        rows += _moe_rows(src_moe, exp_moe, d["params"], exp and exp["params"])
     if exp:
         rows.append(("predicted peak RSS", "", format_size(exp["predicted_peak_rss_bytes"])))
     for name, a, b in rows:

@@ -9,6 +9,7 @@ from pathlib import Path
 from .checkpoint import open_checkpoint
 from .errors import HypercloneError
 from .families import family_for
+from .families.moe import moe_figures
 from .pipeline import NOISE_CHUNK_ELEMENTS
 from .plan import make_plan, resolved_tie
 from .recipe import Recipe, build_recipe
@@ -38,6 +39,7 @@ class Inspection:
     kv_heads: int | None = None
     head_dim: int | None = None
     vocab: int | None = None
+    moe: dict | None = None  # experts, top_k, shared_experts, active_params
     expansion: dict | None = None
 
     def to_dict(self) -> dict:
@@ -67,11 +69,12 @@ def inspect(
         shards=[{"file": f, "bytes": b} for f, b in sorted(shard_bytes.items())],
         tied=None,
         vocab=cfg.get("vocab_size"),
+        moe=moe_figures(cfg, {n: t.numel for n, t in ckpt.tensors.items()}),
     )
     try:
         fam = family_for(cfg)
     except HypercloneError:
-        if factor is not None or recipe is not None:
+        if factor is not None or recipe is not None or any(v is not None for v in kw.values()):
             raise
         return info
     dims = fam.dims(cfg)
@@ -79,10 +82,11 @@ def inspect(
     info.tied = resolved_tie(cfg, fam)
     info.hidden, info.ffn, info.layers = dims.hidden, dims.ffn, dims.layers
     info.heads, info.kv_heads, info.head_dim = dims.heads, dims.kv_heads, dims.head_dim
-    if factor is None and recipe is None:
+    growth = {k: v for k, v in kw.items() if v is not None}  # e.g. experts (upcycling)
+    if factor is None and recipe is None and not growth:
         return info
 
-    recipe = build_recipe(recipe, factor=factor, **kw)
+    recipe = build_recipe(recipe, factor=factor, **growth)
     plan = make_plan(ckpt, recipe)
     largest_src = max(t.nbytes for t in ckpt.tensors.values())
     float32_params = 4 * (info.params + plan.target_params)
@@ -109,5 +113,7 @@ def inspect(
         + (NOISE_BYTES if recipe.noise is not None else POOL_BYTES),
         "full_verify_rss_bytes": float32_params + BASELINE_RSS,
         "notes": plan.notes,
+        "architecture": ", ".join(plan.config.get("architectures") or []),
+        "moe": moe_figures(plan.config, {t.name: t.numel for t in plan.tensors}),
     }
     return info

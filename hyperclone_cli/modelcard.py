@@ -25,6 +25,7 @@ def model_card(plan: Plan, shards: list[ShardResult], report: VerifyReport | Non
         "HyperCloning (Samragh et al., arXiv 2409.12903): every hidden vector is cloned "
         f"{plan.recipe.factor} times, so the model computes the same function as its source.",
         "",
+        *_upcycling(plan),
         "| setting | value |",
         "|---|---|",
     ]
@@ -47,3 +48,18 @@ def model_card(plan: Plan, shards: list[ShardResult], report: VerifyReport | Non
     for note in plan.notes:
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _upcycling(plan: Plan) -> list[str]:
+    """A paragraph on upcycling (`--experts`), when it was done."""
+    r = plan.recipe
+    if not r.experts:
+        return []
+    arch = ", ".join(plan.config.get("architectures") or [])
+    return [
+        f"It was also upcycled from a dense model into `{arch}`: {r.experts} experts, each a "
+        f"copy of the dense FFN, top-{r.experts_per_token} routing with the top-k weights "
+        "renormalised to sum to 1, so any routing gives the dense output; the routers start "
+        f"random (seed {r.seed}) to spread tokens over the experts.",
+        "",
+    ]

@@ -33,6 +33,16 @@ class TensorPlan:
     scale: float = 1.0
     noise: bool = False
     diagonal: bool = False
+    # made, not read: ("zeros", 0) or ("normal", std) at the target shape (upcycle.py)
+    init: tuple[str, float] | None = None
+
+    def generate(self, seed: int) -> torch.Tensor:
+        """The tensor of a generated plan, seeded by the run's seed and its name."""
+        kind, std = self.init
+        if kind == "zeros":
+            return torch.zeros(self.shape, dtype=self.dtype)
+        g = torch.Generator().manual_seed(self.tensor_seed(seed))
+        return (torch.randn(self.shape, generator=g) * std).to(self.dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -107,7 +117,7 @@ class Plan:
             "noise_snr_db": r.noise,
             "seed": r.seed,
             "tie": self.tie,
-        }
+        } | ({"experts": r.experts, "top_k": r.experts_per_token} if r.experts else {})
 
 
 def resolved_tie(config: dict, family: Family) -> bool:
@@ -323,8 +333,12 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         if "torch_dtype" not in config and "dtype" not in config:
             config["dtype"] = recipe.dtype
     plan = Plan(ckpt, family, recipe, dims, sizes, config, tensors, dropped, tie, notes)
-    config["hyperclone"] = plan.provenance()
-    plan.shards = assign_shards(tensors, recipe.shard_bytes)
+    if recipe.experts:
+        from .upcycle import upcycle
+
+        upcycle(plan)  # dense → MoE: experts, routers, config.json
+    plan.config["hyperclone"] = plan.provenance()
+    plan.shards = assign_shards(plan.tensors, recipe.shard_bytes)
     return plan
 
 

@@ -12,6 +12,8 @@ experts at a time, so the largest tensor of the model never sits in memory twice
 
 from __future__ import annotations
 
+import re
+
 from .base import IN, OUT, Role, Space, linear
 from .blocks import Rows
 
@@ -57,3 +59,21 @@ def moe_summary(cfg: dict) -> dict | None:
     elif cfg.get("shared_expert_intermediate_size") or cfg.get("shared_intermediate_size"):
         shared = 1
     return {"experts": experts_, "top_k": top_k, "shared_experts": shared}
+
+
+# routed-expert tensors, in both layouts (shared experts are always active: not matched)
+ROUTED = re.compile(
+    r".*(\.experts\.(\d+\.|gate_up_proj|down_proj)|block_sparse_moe\.(input|output)_linear)"
+)
+
+
+def moe_figures(cfg: dict, numels: dict[str, int]) -> dict | None:
+    """Experts, top-k, shared experts and parameters active per token, from config.json and
+    each tensor's element count; None for a dense model."""
+    summary = moe_summary(cfg)
+    if summary is None:
+        return None
+    routed = sum(n for name, n in numels.items() if ROUTED.search(name))
+    total = sum(numels.values())
+    k, e = summary["top_k"] or summary["experts"], summary["experts"]
+    return summary | {"active_params": total - routed + routed * k // e}
