@@ -28,51 +28,48 @@ def _deepseek(cls, **kw):
     return cls(**(COMMON | mla | kw))
 
 
-# name → config factory (4 experts, top-2; shared experts where the family has them)
+# name → config factory (4 experts, top-2; shared experts where the family has them);
+# keywords override
+E4 = dict(num_experts_per_tok=2)
 MOE = {
-    "mixtral": lambda: T.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2),
-    "qwen2_moe": lambda: T.Qwen2MoeConfig(
-        **COMMON,
-        num_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=24,
-        shared_expert_intermediate_size=40,
-        mlp_only_layers=[1],
+    "mixtral": lambda **kw: T.MixtralConfig(**(COMMON | E4 | dict(num_local_experts=4) | kw)),
+    "qwen2_moe": lambda **kw: T.Qwen2MoeConfig(
+        **(
+            COMMON
+            | E4
+            | dict(num_experts=4, moe_intermediate_size=24, shared_expert_intermediate_size=40)
+            | dict(mlp_only_layers=[1])  # one dense MLP layer of intermediate_size
+            | kw
+        )
     ),
-    "qwen3_moe": lambda: T.Qwen3MoeConfig(
-        **COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, head_dim=8
+    "qwen3_moe": lambda **kw: T.Qwen3MoeConfig(
+        **(COMMON | E4 | dict(num_experts=4, moe_intermediate_size=24, head_dim=8) | kw)
     ),
-    "olmoe": lambda: T.OlmoeConfig(
-        **COMMON, num_experts=4, num_experts_per_tok=2, pad_token_id=0, eos_token_id=0
+    "olmoe": lambda **kw: T.OlmoeConfig(
+        **(COMMON | E4 | dict(num_experts=4, pad_token_id=0, eos_token_id=0) | kw)
     ),
-    "granitemoe": lambda: T.GraniteMoeConfig(
-        **COMMON,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        embedding_multiplier=2.0,
-        logits_scaling=1.5,
-        residual_multiplier=0.7,
-        attention_multiplier=0.3,
+    "granitemoe": lambda **kw: T.GraniteMoeConfig(
+        **(
+            COMMON
+            | E4
+            | dict(num_local_experts=4, embedding_multiplier=2.0, logits_scaling=1.5)
+            | dict(residual_multiplier=0.7, attention_multiplier=0.3)
+            | kw
+        )
     ),
-    "granitemoeshared": lambda: T.GraniteMoeSharedConfig(
-        **COMMON, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=40
+    "granitemoeshared": lambda **kw: T.GraniteMoeSharedConfig(
+        **(COMMON | E4 | dict(num_local_experts=4, shared_intermediate_size=40) | kw)
     ),
-    "phimoe": lambda: T.PhimoeConfig(
-        **COMMON, num_local_experts=4, num_experts_per_tok=2, lm_head_bias=True
+    "phimoe": lambda **kw: T.PhimoeConfig(
+        **(COMMON | E4 | dict(num_local_experts=4, lm_head_bias=True) | kw)
     ),
-    "deepseek_v2": lambda: _deepseek(
+    "deepseek_v2": lambda **kw: _deepseek(
         T.DeepseekV2Config,
-        n_routed_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=24,
-        n_shared_experts=2,
+        **(E4 | dict(n_routed_experts=4, moe_intermediate_size=24, n_shared_experts=2) | kw),
     ),
-    "deepseek_v3": lambda: _deepseek(
+    "deepseek_v3": lambda **kw: _deepseek(
         T.DeepseekV3Config,
-        n_routed_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=24,
-        n_shared_experts=1,
+        **(E4 | dict(n_routed_experts=4, moe_intermediate_size=24, n_shared_experts=1) | kw),
     ),
 }
 
@@ -88,10 +85,3 @@ def save_fused(path: Path) -> Path:
         f.unlink()
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
-
-
-def expert_names(path: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path / "model.safetensors"), "pt") as f:
-        return [k for k in f.keys() if "expert" in k or "_linear" in k]
