@@ -16,8 +16,8 @@ import transformers as T
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from hyperclone_cli.clone import expand as clone_expand
-from hyperclone_cli.clone import expand_full
+from hyperclone_cli.clone import widen
+from hyperclone_cli.clone import widen_full
 from hyperclone_cli.errors import HypercloneError
 from hyperclone_cli.inspection import inspect
 from hyperclone_cli.pipeline import expand
@@ -101,7 +101,7 @@ def test_noise_never_goes_into_the_router(tmp_path, layout):
 
 
 def test_fused_experts_are_widened_in_chunks_along_the_expert_axis():
-    """clone.expand yields a 3-D expert tensor a few experts at a time, same bytes."""
+    """clone.widen yields a 3-D expert tensor a few experts at a time, same bytes."""
     from hyperclone_cli.clone import AxisMap, identity_map, tile_map
 
     w = torch.randn(6, 2 * 5, 4)  # [E, 2I, H]
@@ -110,11 +110,11 @@ def test_fused_experts_are_widened_in_chunks_along_the_expert_axis():
         AxisMap(torch.cat([tile_map(5, 2), tile_map(5, 2) + 5]), 10, "out"),
         AxisMap(tile_map(4, 2), 4, "in"),
     )
-    chunks = list(clone_expand(w, axes, max_chunk_elements=2 * 20 * 8))
+    chunks = list(widen(w, axes, max_chunk_elements=2 * 20 * 8))
     assert [c.shape[0] for c in chunks] == [2, 2, 2]
-    assert torch.equal(torch.cat(chunks), expand_full(w, axes))
+    assert torch.equal(torch.cat(chunks), widen_full(w, axes))
     # gate rows [g; g], then up rows [u; u]: each part cloned in its own place
-    full = expand_full(w, axes)
+    full = widen_full(w, axes)
     assert torch.equal(full[:, :5, :4], w[:, :5] / 2)
     assert torch.equal(full[:, 5:10, :4], w[:, :5] / 2)
     assert torch.equal(full[:, 10:15, 4:], w[:, 5:] / 2)
