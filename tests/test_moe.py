@@ -16,8 +16,7 @@ import transformers as T
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from hyperclone_cli.clone import widen
-from hyperclone_cli.clone import widen_full
+from hyperclone_cli.clone import widen, widen_full
 from hyperclone_cli.errors import HypercloneError
 from hyperclone_cli.inspection import inspect
 from hyperclone_cli.pipeline import expand
