@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from hyperclone_cli.errors import HypercloneError, VerificationError
+from hyperclone_cli.merged import Merged, merge_plan
 
 # Default tolerances on the relative logit error, by the destination's stored dtype.
 # Measured on tiny and 6-layer Llamas widened x2 (rel error = max |Δlogit| / max |logit|):
@@ -379,7 +380,7 @@ def _stream_weights(path: Path, model: nn.Module, device: str) -> tuple[list[str
             if found is None:
                 missing.append(full)
             else:
-                used.add(found)
+                used.update(found.names if isinstance(found, Merged) else [found])
             plan[module][short] = found
 
     # Persistent buffers (rare in causal LMs) are small: load the ones on disk once.
@@ -398,13 +399,15 @@ def _stream_weights(path: Path, model: nn.Module, device: str) -> tuple[list[str
         placeholders = {short: module._parameters[short] for short in names}
 
         def materialize(mod: nn.Module, args: object, names=names, placeholders=placeholders):
-            tensors = _read(on_disk, [n for n in names.values() if n is not None])
+            tensors = _read(on_disk, [k for n in names.values() for k in _stored(n)])
             for short, found in names.items():
                 meta = placeholders[short]
                 if found is None:
                     value = torch.zeros(meta.shape, dtype=meta.dtype, device=device)
                 else:
-                    value = tensors.pop(found)
+                    value = (
+                        found.read(tensors.pop) if isinstance(found, Merged) else tensors.pop(found)
+                    )
                     if tuple(value.shape) != tuple(meta.shape):
                         raise HypercloneError(
                             f"cannot load {path}: {found} has shape {tuple(value.shape)}, "
@@ -424,12 +427,14 @@ def _stream_weights(path: Path, model: nn.Module, device: str) -> tuple[list[str
     return sorted(missing), sorted(unexpected)
 
 
-def _stored_names(model: nn.Module, on_disk: dict[str, Path], path: Path) -> dict[str, str]:
+def _stored_names(
+    model: nn.Module, on_disk: dict[str, Path], path: Path
+) -> dict[str, str | Merged]:
     """Model tensor name → its name on disk.
 
     transformers renames some tensors on load (Pythia's `embed_out` → `lm_head`, legacy
     `gamma`/`beta`, a missing or extra base-model prefix): apply its own rules. Tensors that
-    it merges on load (MoE experts stored one by one) cannot be read by name.
+    it merges on load (MoE experts stored one by one) are read as the merged parameter.
     """
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
@@ -447,18 +452,32 @@ def _stored_names(model: nn.Module, on_disk: dict[str, Path], path: Path) -> dic
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     expected = model.state_dict()
-    names = {}
+    names: dict[str, str | Merged] = {}
+    matches = []  # tensors a converter merges on load (MoE experts stored one by one)
     for key in on_disk:
         name, merged = rename_source_key(
             key, renamings, converters, model.base_model_prefix, expected
         )
         if merged is not None:
+            matches.append((key, name, merged))
+        else:
+            names[name] = key
+    if matches:
+        plan = merge_plan(matches, converters)
+        if plan is None:
             raise HypercloneError(
                 f"streamed verify cannot read {path}: transformers merges tensors such as "
-                f"{key} when loading {type(model).__name__}; use full mode"
+                f"{matches[0][0]} when loading {type(model).__name__}; use full mode"
             )
-        names[name] = key
+        names.update(plan)
     return names
+
+
+def _stored(found: str | Merged | None) -> tuple[str, ...]:
+    """The stored names a parameter is read from."""
+    if found is None:
+        return ()
+    return found.names if isinstance(found, Merged) else (found,)
 
 
 def _tensor_files(path: Path) -> dict[str, Path]:
