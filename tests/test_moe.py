@@ -293,3 +293,22 @@ def test_verify_upcycled(tmp_path, streamed):
     assert not report.passed
     if streamed:
         assert report.first_bad_layer == 0
+
+
+def test_bf16_fused_moe_with_noise_verifies(tmp_path):
+    """bf16 output with noise: the noise cancels up to bf16 rounding, verify says so."""
+    src = _source(tmp_path, "mixtral", "fused")
+    result = expand(src, tmp_path / "dst", factor=2, noise=10.0, dtype="bf16")
+    assert result.verification.passed
+    assert result.verification.rel_error < 3e-2
+    with safe_open(str(tmp_path / "dst" / "model.safetensors"), "pt") as f:
+        assert f.get_slice("model.layers.0.mlp.experts.gate_up_proj").get_dtype() == "BF16"
+
+
+def test_recipe_file_can_upcycle(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("factor: 1\nexperts: 4\ntop_k: 1\n")
+    src = tiny.save(T.LlamaConfig(**DENSE), tmp_path / "src")
+    result = expand(src, tmp_path / "dst", recipe=recipe, verify=False)
+    assert result.plan.config["num_experts_per_tok"] == 1
+    _same_function(src, tmp_path / "dst")
