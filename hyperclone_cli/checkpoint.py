@@ -38,9 +38,13 @@ ST_DTYPES: dict[str, torch.dtype] = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    # float8 is read (verify compares such checkpoints) but never widened: torch does no
+    # arithmetic in it, so the plan refuses it.
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
-FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)  # widenable
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger claims are refused unread
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -69,7 +73,6 @@ class Checkpoint:
     path: Path
     config: dict
     tensors: dict[str, TensorInfo]
-    weight_files: list[Path]
     other_files: list[Path]
     format: str  # "safetensors" or "bin"
     _bin_cache: tuple[Path, dict] | None = field(default=None, repr=False)
@@ -179,7 +182,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             raise HypercloneError(
                 f"{p}: not readable (permission denied); check its permissions", code=EXIT_IO
             )
-    return Checkpoint(path, config, tensors, weight_files, other, fmt)
+    return Checkpoint(path, config, tensors, other, fmt)
 
 
 def _strict_json(path: Path) -> dict:
@@ -256,7 +259,7 @@ def _check_index(index_path: Path, tensors: dict[str, TensorInfo]) -> None:
         )
 
 
-def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
+def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
     """Parse and check one safetensors header without reading any tensor data."""
     try:
         size = file.stat().st_size
@@ -281,7 +284,7 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
         raise HypercloneError(f"{file}: corrupt safetensors header (not JSON: {e})") from e
     if not isinstance(header, dict):
         raise HypercloneError(f"{file}: corrupt safetensors header (not an object)")
-    metadata = header.pop("__metadata__", None) or {}
+    header.pop("__metadata__", None)  # free-form strings ("format": "pt"); nothing uses them
     data_start, data_len = 8 + n, size - 8 - n
     tensors: dict[str, TensorInfo] = {}
     spans = []
@@ -311,14 +314,13 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
     for (_b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:], strict=False):
         if b1 < e0:
             raise HypercloneError(f"{file}: tensors {n0} and {n1} overlap in the file")
-    return tensors, metadata
+    return tensors
 
 
 def _safetensors_tensors(files: list[Path]) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     for file in files:
-        found, _ = read_safetensors_header(file)
-        for name, info in found.items():
+        for name, info in read_safetensors_header(file).items():
             if name in tensors:
                 raise HypercloneError(
                     f"tensor {name} appears in both {tensors[name].file.name} and {file.name}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ._version import __version__
-from .checkpoint import FLOAT_DTYPES, Checkpoint
+from .checkpoint import FLOAT_DTYPES, TORCH_TO_ST, Checkpoint
 from .clone import AxisMap, identity_map, interleave_map, tile_map
 from .errors import HypercloneError
 from .families import IN, OUT, Dims, Family, Role, family_for
@@ -264,6 +264,11 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         if len(role.axes) != len(info.shape):
             raise HypercloneError(
                 f"tensor {name}: expected {len(role.axes)} dimensions, found shape {info.shape}"
+            )
+        if info.dtype not in FLOAT_DTYPES and info.dtype.is_floating_point:  # float8
+            raise HypercloneError(
+                f"{info.file}: tensor {name} has dtype {TORCH_TO_ST[info.dtype]}, which "
+                "hyperclone cannot handle"
             )
         if info.dtype not in FLOAT_DTYPES:
             raise HypercloneError(

@@ -289,8 +289,15 @@ def _absurd_shape(f: Path) -> None:
 
 def _unknown_dtype(f: Path) -> None:
     header, data = st_read(f)
-    header["model.norm.weight"]["dtype"] = "F8_E4M3"  # 1 byte: offsets no longer fit either
+    header["model.norm.weight"]["dtype"] = "F6_E3M2"  # refused by name, before its offsets
     st_write(f, header, data)
+
+
+def _float8(f: Path) -> None:
+    """A well-formed float8 tensor: the reader reads it (verify can), the plan refuses it."""
+    sd = load_file(f)
+    sd["model.norm.weight"] = sd["model.norm.weight"].to(torch.float8_e4m3fn)
+    save_file(sd, f, metadata={"format": "pt"})
 
 
 HEADER_CASES = {
@@ -301,7 +308,8 @@ HEADER_CASES = {
     "overlap": (_overlap, "overlap in the file"),
     "absurd-header-size": (_absurd_header, "claims 4611686018427387904 bytes"),
     "absurd-shape": (_absurd_shape, "do not fit the file"),
-    "unknown-dtype": (_unknown_dtype, "dtype F8_E4M3, which hyperclone cannot handle"),
+    "unknown-dtype": (_unknown_dtype, "dtype F6_E3M2, which hyperclone cannot handle"),
+    "float8": (_float8, "dtype F8_E4M3, which hyperclone cannot handle"),
 }
 
 
@@ -471,6 +479,47 @@ def test_tensor_the_family_does_not_map(src, dst):
     sd["model.layers.0.mystery.weight"] = torch.ones(4, 4)
     save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
     expand_fails(src, dst, 1, "model.layers.0.mystery.weight", "not mapped by the llama family")
+
+
+# --------------------------------------------------------------------------- verify's inputs
+# `hyperclone verify` reads through the same checker as expand: the same broken inputs are
+# refused with the same one line, whichever argument they are given as.
+
+
+def _config_unknown_architecture(src: Path) -> None:
+    edit_json(src / "config.json", architectures=["FooForCausalLM"], model_type="foo")
+
+
+VERIFY_CASES = {
+    **{
+        case: (lambda src, corrupt=corrupt: corrupt(src / "model.safetensors"), needle)
+        for case, (corrupt, needle) in HEADER_CASES.items()
+        if case != "float8"  # a float8 checkpoint is valid input to verify
+    },
+    "config-missing": (lambda src: (src / "config.json").unlink(), "no config.json"),
+    "config-not-json": (lambda src: (src / "config.json").write_text("{"), "not valid JSON"),
+    "unknown-architecture": (_config_unknown_architecture, "does not recognize"),
+}
+
+
+@pytest.mark.parametrize("position", ["src", "dst"])
+@pytest.mark.parametrize("case", VERIFY_CASES)
+def test_verify_refuses_broken_input(case, position, src, models):
+    corrupt, needle = VERIFY_CASES[case]
+    corrupt(src)
+    args = (src, models["single"]) if position == "src" else (models["single"], src)
+    assert_error(run("verify", *args, src=src), 1, str(src), needle)
+
+
+@pytest.mark.parametrize("position", ["src", "dst"])
+def test_verify_refuses_a_bin_with_code_before_it_runs(position, src, models, tmp_path):
+    marker = tmp_path / "PWNED"
+    _bin_source(src)
+    sd = {"model.embed_tokens.weight": torch.zeros(2, 2), "x": _Payload(marker)}
+    torch.save(sd, src / "pytorch_model.bin")
+    args = (src, models["single"]) if position == "src" else (models["single"], src)
+    assert_error(run("verify", *args, src=src), 1, str(src / "pytorch_model.bin"), "refusing")
+    assert not marker.exists(), "the pickle payload ran"
 
 
 # --------------------------------------------------------------------------- options
