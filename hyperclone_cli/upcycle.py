@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from .clone import AxisMap, identity_map
 from .errors import HypercloneError
+from .families.moe import moe_summary
 
 if TYPE_CHECKING:
     from .plan import Plan, TensorPlan
@@ -132,7 +133,12 @@ def target_for(config: dict) -> Target:
     mt = config.get("model_type")
     if mt in TARGETS:
         return TARGETS[mt]
-    why = REFUSED.get(mt, "transformers has no mixture-of-experts family with its blocks")
+    if mt in REFUSED:
+        why = REFUSED[mt]
+    elif moe_summary(config):
+        why = "it is already a mixture of experts; widen it with --factor alone"
+    else:
+        why = "transformers has no mixture-of-experts family with its blocks"
     supported = "Llama/Mistral → Mixtral, Qwen2 → Qwen2-MoE, Qwen3 → Qwen3-MoE"
     raise HypercloneError(
         f"--experts: cannot upcycle model_type {mt!r} ({why}); supported: {supported}"

@@ -145,6 +145,20 @@ UPCYCLE = {
         "Qwen2MoeForCausalLM",
     ),
     "qwen3": (lambda: T.Qwen3Config(**DENSE, head_dim=16), "Qwen3MoeForCausalLM"),
+    "llama3-rope-scaling": (
+        lambda: T.LlamaConfig(
+            **DENSE,
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=5e5,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+        "MixtralForCausalLM",
+    ),
 }
 
 
@@ -226,7 +240,7 @@ def test_upcycle_refuses_what_it_cannot_keep_exact(tmp_path, config, message):
 
 def test_upcycling_an_moe_is_refused(tmp_path):
     src = _source(tmp_path, "mixtral", "split")
-    with pytest.raises(HypercloneError, match="cannot upcycle model_type 'mixtral'"):
+    with pytest.raises(HypercloneError, match="'mixtral' .it is already a mixture of experts"):
         expand(src, tmp_path / "dst", experts=4, dry_run=True)
 
 
@@ -281,6 +295,14 @@ def test_verify_moe(tmp_path, layout, streamed):
     assert not report.passed
     if streamed:
         assert report.first_bad_layer == 1
+
+
+@pytest.mark.parametrize("name", list(tiny_moe.MOE))
+def test_streamed_verify_reads_every_family_in_the_per_expert_layout(tmp_path, name):
+    src = _source(tmp_path, name, "split")
+    expand(src, tmp_path / "dst", factor=2, verify=False)
+    report = verify(src, tmp_path / "dst", streamed=True)
+    assert report.passed and not report.missing_keys and not report.unexpected_keys
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["full", "streamed"])
