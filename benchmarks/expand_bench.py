@@ -194,7 +194,7 @@ def child_in_memory(src: str, dst: str, shard: str) -> dict:
 def child_verify(src: str, dst: str, streamed: bool) -> dict:
     import torch
 
-    from hyperclone_cli.verify import verify
+    from hyperclone_cli.verification import verify
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     start = time.perf_counter()

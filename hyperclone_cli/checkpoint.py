@@ -52,6 +52,10 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 
 
+# what to do about a weight file that does not parse: it is damaged, or was cut short
+DAMAGED = "; the file is damaged or incomplete: download or copy it again"
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -99,6 +103,7 @@ class Checkpoint:
         if got != info.nbytes:
             raise HypercloneError(
                 f"{info.file.name}: tensor {name} is truncated ({got} of {info.nbytes} bytes)"
+                + DAMAGED
             )
         return out.to(device, non_blocking=True) if str(device) != "cpu" else out
 
@@ -224,7 +229,7 @@ def _shards(path: Path, index_name: str, found: list[Path]) -> list[Path]:
                 f"{index_path}: shard path {fname!r} points outside the checkpoint; refusing"
             )
         shard = path / candidate
-        if shard.resolve().parent != root:
+        if shard.resolve().parent not in (root, _hub_blobs(path)):
             raise HypercloneError(f"{index_path}: shard {fname!r} resolves outside the checkpoint")
         if not shard.is_file():
             raise HypercloneError(f"{index_path}: shard {fname} is missing")
@@ -236,6 +241,13 @@ def _shards(path: Path, index_name: str, found: list[Path]) -> list[Path]:
             f"{unlisted[0]}: weight file not listed in {index_name}; remove it or fix the index"
         )
     return sorted(shards)
+
+
+def _hub_blobs(path: Path) -> Path | None:
+    """In the hub's cache a snapshot's files are links into the repository's blobs/."""
+    if path.parent.name != "snapshots":
+        return None
+    return (path.parent.parent / "blobs").resolve()
 
 
 def _check_index(index_path: Path, tensors: dict[str, TensorInfo]) -> None:
@@ -266,11 +278,12 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
         with open(file, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise HypercloneError(f"{file}: truncated safetensors file (no header)")
+                raise HypercloneError(f"{file}: truncated safetensors file (no header)" + DAMAGED)
             n = int.from_bytes(head, "little")
             if n > MAX_HEADER_BYTES or 8 + n > size:
                 raise HypercloneError(
                     f"{file}: corrupt safetensors header (claims {n} bytes, file has {size})"
+                    + DAMAGED
                 )
             raw = f.read(n)
     except OSError as e:
@@ -281,9 +294,11 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HypercloneError(f"{file}: corrupt safetensors header (not JSON: {e})") from e
+        raise HypercloneError(
+            f"{file}: corrupt safetensors header (not JSON: {e})" + DAMAGED
+        ) from e
     if not isinstance(header, dict):
-        raise HypercloneError(f"{file}: corrupt safetensors header (not an object)")
+        raise HypercloneError(f"{file}: corrupt safetensors header (not an object)" + DAMAGED)
     header.pop("__metadata__", None)  # free-form strings ("format": "pt"); nothing uses them
     data_start, data_len = 8 + n, size - 8 - n
     tensors: dict[str, TensorInfo] = {}
@@ -296,7 +311,7 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise HypercloneError(f"{file}: corrupt header entry for tensor {name}")
+            raise HypercloneError(f"{file}: corrupt header entry for tensor {name}" + DAMAGED)
         if dtype_name not in ST_DTYPES:
             raise HypercloneError(
                 f"{file}: tensor {name} has dtype {dtype_name}, which hyperclone cannot handle"
@@ -306,14 +321,14 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
         if not (0 <= begin <= end <= data_len) or end - begin != nbytes:
             raise HypercloneError(
                 f"{file}: tensor {name} has offsets [{begin}, {end}] that do not fit the file "
-                f"({data_len} data bytes, {nbytes} expected for its shape)"
+                f"({data_len} data bytes, {nbytes} expected for its shape)" + DAMAGED
             )
         spans.append((begin, end, name))
         tensors[name] = TensorInfo(name, dtype, shape, file, data_start + begin, nbytes)
     spans.sort()
     for (_b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:], strict=False):
         if b1 < e0:
-            raise HypercloneError(f"{file}: tensors {n0} and {n1} overlap in the file")
+            raise HypercloneError(f"{file}: tensors {n0} and {n1} overlap in the file" + DAMAGED)
     return tensors
 
 

@@ -19,18 +19,22 @@ from . import clone
 from .checkpoint import Checkpoint, open_checkpoint
 from .clone import Noise
 from .errors import HypercloneError
+from .hub import resolve_source
 from .modelcard import model_card
 from .plan import Plan, TensorPlan, make_plan
 from .recipe import Recipe, build_recipe
 from .staging import check_destination, staged_output
+from .summary import result_rows, setting_rows
 from .writer import CHUNK_BYTES, BackgroundWriter, ProgressFn, ShardResult
 
 if TYPE_CHECKING:
-    from .verify import VerifyReport
+    from .verification import VerifyReport
 
 # noisy tensors go the float32 route with a few temporaries per chunk: smaller chunks stay
 # in cache (the noise itself is drawn per fixed row block, so the bytes do not depend on it)
 NOISE_CHUNK_ELEMENTS = 1 << 22
+# verify streams when both models in float32 exceed this share of the available RAM
+VERIFY_STREAM_FRACTION = 0.6
 
 
 @dataclass
@@ -45,13 +49,20 @@ class ExpandResult:
     verification: VerifyReport | None = None
 
     def summary(self) -> dict:
-        p = self.plan
+        p, r = self.plan, self.plan.recipe
         out = {
             "destination": str(self.destination),
+            "source": p.provenance()["source"],
             "dry_run": self.dry_run,
             "family": p.family.name,
-            "factor": p.recipe.factor,
-            "ffn_factor": p.recipe.ffn_multiplier,
+            "factor": r.factor,
+            "ffn_factor": r.ffn_multiplier,
+            "attention": r.attention,
+            "kv_heads": r.kv_heads,
+            "layout": r.layout,
+            "dtype": "/".join(sorted({str(t.dtype).removeprefix("torch.") for t in p.tensors})),
+            "noise_snr_db": r.noise,
+            "seed": r.seed,
             "source_params": self.source_params,
             "target_params": p.target_params,
             "target_bytes": p.target_bytes,
@@ -60,10 +71,16 @@ class ExpandResult:
             "seconds": round(self.seconds, 3),
             "device": self.device,
             "notes": p.notes,
+            "verify_enabled": r.verify,
+            "settings": dict(setting_rows(p)),
         }
         if self.verification is not None:
             out["verify"] = self.verification.to_dict()
         return out
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The summary as (label, value) rows, in the words of the model card."""
+        return setting_rows(self.plan) + result_rows(self.summary())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,9 +100,10 @@ def expand(
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    revision: str | None = None,
     **overrides: object,
 ) -> ExpandResult:
-    """Widen the checkpoint at `src` into `dst`.
+    """Widen the checkpoint at `src` (a directory, or a hub id at `revision`) into `dst`.
 
     `recipe` is a Recipe or a YAML path; keyword `overrides` (factor, ffn_factor, attention,
     kv_heads, layout, noise, seed, dtype, tie, verify, verify_tolerance, shard_size, device)
@@ -94,7 +112,7 @@ def expand(
     """
     start = time.perf_counter()
     recipe = build_recipe(recipe, **overrides)
-    src = Path(src)
+    src = resolve_source(src, revision)
     source = open_checkpoint(src)
     # the destination is checked before planning too, so a dry run refuses a bad one
     dst = check_destination(src, dst, force)
@@ -116,15 +134,35 @@ def expand(
         write_metadata(plan, source, stage.tmp)
         report = None
         if recipe.verify:
-            from .verify import verify
+            from .verification import verify
 
-            report = verify(src, stage.tmp, tolerance=recipe.verify_tolerance, device=str(device))
+            mode = verification_mode(recipe, source_params, plan.target_params)
+            report = verify(
+                src,
+                stage.tmp,
+                tolerance=recipe.verify_tolerance,
+                streamed=mode == "streamed",
+                device=str(device),
+            )
             result.verification = report
             report.raise_if_failed("; nothing was written")
         (stage.tmp / "README.md").write_text(model_card(plan, result.shards, report))
         stage.commit()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def verification_mode(recipe: Recipe, source_params: int, target_params: int) -> str:
+    """How expand verifies: "off", "full" (both models in memory) or "streamed" (one
+    module's weights at a time). inspect predicts memory from the same answer."""
+    if not recipe.verify:
+        return "off"
+    import psutil
+
+    need = 4 * (source_params + target_params)
+    return (
+        "streamed" if need > VERIFY_STREAM_FRACTION * psutil.virtual_memory().available else "full"
+    )
 
 
 def write_shards(

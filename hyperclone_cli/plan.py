@@ -17,6 +17,7 @@ from .clone import AxisMap, identity_map, interleave_map, tile_map
 from .errors import HypercloneError
 from .families import IN, OUT, Dims, Family, Role, family_for
 from .families.base import head as head_role
+from .hub import source_label
 from .noise import NOISE_VERSION
 from .recipe import Recipe
 from .writer import Entry
@@ -109,12 +110,13 @@ class Plan:
         return {
             "tool": f"hyperclone {__version__}",
             "method": "HyperCloning (arXiv 2409.12903)",
-            "source": str(self.source.path),
+            "source": source_label(self.source.path),
             "factor": r.factor,
             "ffn_factor": r.ffn_multiplier,
             "attention": r.attention,
             "kv_heads": r.kv_heads,
             "layout": r.layout,
+            "dtype": r.dtype or "source",
             "noise_snr_db": r.noise,
             "noise_generator": NOISE_VERSION if r.noise is not None else None,
             "seed": r.seed,

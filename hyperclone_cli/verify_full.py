@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from hyperclone_cli.errors import HypercloneError
-from hyperclone_cli.verify import VerifyReport, compare_logits, first_line, model_logits, preview
+from hyperclone_cli.verification import (
+    VerifyReport,
+    compare_logits,
+    first_line,
+    model_logits,
+    preview,
+)
 
 GREEDY_PROMPT_TOKENS = 8
 GREEDY_NEW_TOKENS = 8

@@ -20,7 +20,7 @@ from torch import nn
 from hyperclone_cli.checkpoint import Checkpoint
 from hyperclone_cli.errors import HypercloneError
 from hyperclone_cli.merged import Merged, merge_plan
-from hyperclone_cli.verify import (
+from hyperclone_cli.verification import (
     LayerCheck,
     VerifyReport,
     compare_logits,

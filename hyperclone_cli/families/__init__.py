@@ -55,4 +55,19 @@ def family_for(config: dict) -> Family:
     raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")
 
 
-__all__ = ["FAMILIES", "IN", "OUT", "Dims", "Family", "Role", "family_for"]
+def describe_families() -> list[dict]:
+    """The registry as data: what `hyperclone families` lists."""
+    return [
+        {
+            "family": f.name,
+            "architectures": list(f.architectures),
+            "model_types": list(f.model_types),
+            "attention_head_dim": not f.rotary,
+            "kv_heads_keep": f.supports_kv_keep,
+            "tie": "kept" if f.tie_keepers else "untied",
+        }
+        for f in FAMILIES
+    ]
+
+
+__all__ = ["FAMILIES", "describe_families", "IN", "OUT", "Dims", "Family", "Role", "family_for"]

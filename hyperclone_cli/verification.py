@@ -118,6 +118,7 @@ def verify(
     seq_len: int = 32,
     seed: int = 0,
     device: str = "cpu",
+    revision: str | None = None,
 ) -> VerifyReport:
     """Run one token batch through `src` and its widened `dst`; compare the logits.
 
@@ -136,8 +137,12 @@ def verify(
     from hyperclone_cli.verify_full import verify_full
     from hyperclone_cli.verify_streamed import count_parameters, empty_model, verify_streamed
 
-    # Every header and .bin is checked before transformers reads a byte of either.
-    src_ckpt, dst_ckpt = open_checkpoint(src), open_checkpoint(dst)
+    from .hub import resolve_source
+
+    # either may be a hub id; `revision` is the source's. Every header and .bin is checked
+    # before transformers reads a byte of either.
+    src_ckpt = open_checkpoint(resolve_source(src, revision))
+    dst_ckpt = open_checkpoint(resolve_source(dst))
     src_config, dst_config = _load_config(src_ckpt.path), _load_config(dst_ckpt.path)
     if tolerance is None:
         tolerance = default_tolerance(dst_ckpt)
