@@ -13,7 +13,6 @@ import tiny
 import tiny_moe
 import torch
 import transformers as T
-from hyperclone_cli.verify import verify
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -21,6 +20,7 @@ from hyperclone_cli.clone import widen, widen_full
 from hyperclone_cli.errors import HypercloneError
 from hyperclone_cli.inspection import inspect
 from hyperclone_cli.pipeline import expand
+from hyperclone_cli.verification import verify
 
 RTOL = 1e-5  # relative logit error of an exact widening in float32 (measured ≤ 6e-6)
 
