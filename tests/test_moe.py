@@ -334,3 +334,23 @@ def test_recipe_file_can_upcycle(tmp_path):
     result = expand(src, tmp_path / "dst", recipe=recipe, verify=False)
     assert result.plan.config["num_experts_per_tok"] == 1
     _same_function(src, tmp_path / "dst")
+
+
+# Depth growth on MoE models: a new block's expert (and shared-expert) down projections are
+# zero, so it is the identity; stacks whose layers differ (dense first layers) are refused.
+DEPTH_REFUSED = ("qwen2_moe", "deepseek_v2", "deepseek_v3")
+
+
+@pytest.mark.parametrize("name", sorted(tiny_moe.MOE))
+def test_moe_family_deepens_exactly_or_refuses(tmp_path, name):
+    src = tiny.save(tiny_moe.MOE[name](), tmp_path / "src")
+    if name in DEPTH_REFUSED:
+        with pytest.raises(HypercloneError, match="layers differ"):
+            expand(src, tmp_path / "deep", verify=False, factor=2, add_layers=1)
+        return
+    expand(src, tmp_path / "deep", verify=False, factor=2, add_layers=1)
+    ids = tiny.tokens()
+    ref = tiny.logits(tiny.load(src), ids)
+    out = tiny.logits(tiny.load(tmp_path / "deep"), ids)
+    assert (out - ref).abs().max() <= 2e-5 * ref.abs().max()
+    assert torch.equal(out.argmax(-1), ref.argmax(-1))

@@ -49,7 +49,10 @@ DEEPSEEK = replace(
         (M + r"gate\.e_score_correction_bias", Role((("fixed", OUT),))),
         *experts(M + r"experts\.", "(gate|up)_proj", "down_proj", space="expert"),
         (M + r"shared_experts\.(gate|up)_proj\.weight", linear("shared", "hidden")),
-        (M + r"shared_experts\.down_proj\.weight", linear("hidden", "shared")),
+        (
+            M + r"shared_experts\.down_proj\.weight",
+            linear("hidden", "shared", writes_residual=True),
+        ),
         (L + r"(input|post_attention)_layernorm\.weight", norm()),
         (r"model\.norm\.weight", norm()),
         (r"lm_head\.weight", head()),

@@ -29,7 +29,7 @@ GRANITEMOE = replace(
         *fused_experts(MOE + r"input_linear\.weight", MOE + r"output_linear\.weight"),
         *fused_experts(MOE + r"experts\.gate_up_proj", MOE + r"experts\.down_proj"),
         (SHARED + r"input_linear\.weight", linear(("shared", "shared"), "hidden")),
-        (SHARED + r"output_linear\.weight", linear("hidden", "shared")),
+        (SHARED + r"output_linear\.weight", linear("hidden", "shared", writes_residual=True)),
         (L + r"(input|post_attention)_layernorm\.weight", norm()),
         (r"model\.norm\.weight", norm()),
         (r"lm_head\.weight", head()),

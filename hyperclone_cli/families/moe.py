@@ -27,7 +27,7 @@ def fused_experts(gate_up: str, down: str, space: Space = "ffn") -> Rows:
     """3-D experts: gate_up [E, 2I, H] rows `[gate | up]`, down [E, H, I]."""
     return (
         (gate_up, Role((("fixed", OUT), ((space, space), OUT), ("hidden", IN)))),
-        (down, Role((("fixed", OUT), ("hidden", OUT), (space, IN)))),
+        (down, Role((("fixed", OUT), ("hidden", OUT), (space, IN)), writes_residual=True)),
     )
 
 
@@ -36,7 +36,7 @@ def experts(prefix: str, up: str, down: str, space: Space = "ffn") -> Rows:
     and `{e}.{down}.weight`, or the fused `gate_up_proj` / `down_proj`."""
     return (
         (rf"{prefix}\d+\.{up}\.weight", linear(space, "hidden")),
-        (rf"{prefix}\d+\.{down}\.weight", linear("hidden", space)),
+        (rf"{prefix}\d+\.{down}\.weight", linear("hidden", space, writes_residual=True)),
         *fused_experts(prefix + "gate_up_proj", prefix + "down_proj", space),
     )
 

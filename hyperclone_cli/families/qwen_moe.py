@@ -26,7 +26,7 @@ QWEN2_MOE = replace(
         *router(M + r"gate\.weight"),
         *experts(M + r"experts\.", "(gate|up)_proj", "down_proj", space="expert"),
         (SHARED + r"(gate|up)_proj\.weight", linear("shared", "hidden")),
-        (SHARED + r"down_proj\.weight", linear("hidden", "shared")),
+        (SHARED + r"down_proj\.weight", linear("hidden", "shared", writes_residual=True)),
         *router(M + r"shared_expert_gate\.weight"),
     ),
     ffn_spaces=(
