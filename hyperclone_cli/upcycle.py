@@ -85,12 +85,20 @@ MIXTRAL = Target(
     carried=("sliding_window", "head_dim"),
 )
 _QWEN_EXPERT = {p: L + "mlp.experts.{e}." + p + "_proj.weight" for p in ("gate", "up", "down")}
-QWEN2_MOE = Target(
-    model_type="qwen2_moe",
-    architecture="Qwen2MoeForCausalLM",
+QWEN3_MOE = Target(
+    model_type="qwen3_moe",
+    architecture="Qwen3MoeForCausalLM",
     experts_key="num_experts",
     expert=_QWEN_EXPERT,
     router=L + "mlp.gate.weight",
+    carried=("attention_bias", "head_dim", "use_sliding_window", "sliding_window"),
+    moe_keys={"norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": []},
+    ffn_keys=("moe_intermediate_size",),
+)
+QWEN2_MOE = replace(  # Qwen3-MoE's experts and router, plus a gated shared expert
+    QWEN3_MOE,
+    model_type="qwen2_moe",
+    architecture="Qwen2MoeForCausalLM",
     carried=(
         "sliding_window",
         "use_sliding_window",
@@ -107,16 +115,6 @@ QWEN2_MOE = Target(
     ffn_keys=("moe_intermediate_size", "shared_expert_intermediate_size"),
     shared=L + "mlp.shared_expert.",
     shared_gate=L + "mlp.shared_expert_gate.weight",
-)
-QWEN3_MOE = Target(
-    model_type="qwen3_moe",
-    architecture="Qwen3MoeForCausalLM",
-    experts_key="num_experts",
-    expert=_QWEN_EXPERT,
-    router=L + "mlp.gate.weight",
-    carried=("attention_bias", "head_dim", "use_sliding_window", "sliding_window"),
-    moe_keys={"norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": []},
-    ffn_keys=("moe_intermediate_size",),
 )
 
 TARGETS = {"llama": MIXTRAL, "mistral": MIXTRAL, "qwen2": QWEN2_MOE, "qwen3": QWEN3_MOE}

@@ -15,7 +15,6 @@ A = L + r"self_att\.self_attention\."
 
 CPMANT = Family(
     name="cpmant",
-    layer_index=C + r"encoder\.layers\.(?P<layer>\d+)\.",
     architectures=("CpmAntForCausalLM",),
     model_types=("cpmant",),
     tensors=(
@@ -38,6 +37,7 @@ CPMANT = Family(
     },
     rotary=False,
     embedding_name=C + r"input_embedding\.weight",
+    layer_index=C + r"encoder\.layers\.(?P<layer>\d+)\.",
     ties=False,  # tie_word_embeddings: true in its config, but the head is its own tensor
     supports_kv_keep=False,
 )

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import OUT, Role, bias, embedding, head, linear, norm
+from .base import OUT, Role, bias, embedding, linear, norm
 from .blocks import gated_mlp
-from .llama import LLAMA, L
+from .llama import LLAMA, NORMS_AND_HEAD, L
 from .moe import experts, router
 
 A = L + r"self_attn\."
@@ -53,9 +53,7 @@ DEEPSEEK = replace(
             M + r"shared_experts\.down_proj\.weight",
             linear("hidden", "shared", writes_residual=True),
         ),
-        (L + r"(input|post_attention)_layernorm\.weight", norm()),
-        (r"model\.norm\.weight", norm()),
-        (r"lm_head\.weight", head()),
+        *NORMS_AND_HEAD,
     ),
     config_keys={
         "hidden": ("hidden_size",),

@@ -8,7 +8,21 @@ memory and back on save); both names are read, and an untied head is written as
 from __future__ import annotations
 
 from .base import Family, embedding, head, norm
-from .blocks import fused_attention, mlp
+from .blocks import Rows, fused_attention, mlp
+
+
+def neox_tensors(model: str) -> Rows:
+    """GPT-NeoX's tensors under the model prefix `model` (GPT-NeoX-Japanese has its own)."""
+    layer = model + r"layers\.\d+\."
+    return (
+        (model + r"embed_in\.weight", embedding()),
+        *fused_attention(layer + r"attention\.", "query_key_value", "dense", space="qkv"),
+        *mlp(layer + r"mlp\.", "dense_h_to_4h", "dense_4h_to_h"),
+        (layer + r"(input|post_attention)_layernorm\.(weight|bias)", norm()),
+        (model + r"final_layer_norm\.(weight|bias)", norm()),
+        (r"(embed_out|lm_head)\.weight", head()),
+    )
+
 
 G = r"gpt_neox\."
 L = G + r"layers\.\d+\."
@@ -17,14 +31,7 @@ GPT_NEOX = Family(
     name="gpt_neox",
     architectures=("GPTNeoXForCausalLM",),
     model_types=("gpt_neox",),
-    tensors=(
-        (G + r"embed_in\.weight", embedding()),
-        *fused_attention(L + r"attention\.", "query_key_value", "dense", space="qkv"),
-        *mlp(L + r"mlp\.", "dense_h_to_4h", "dense_4h_to_h"),
-        (L + r"(input|post_attention)_layernorm\.(weight|bias)", norm()),
-        (G + r"final_layer_norm\.(weight|bias)", norm()),
-        (r"(embed_out|lm_head)\.weight", head()),
-    ),
+    tensors=neox_tensors(G),
     config_keys={
         "hidden": ("hidden_size",),
         "heads": ("num_attention_heads",),

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import HypercloneError
-from .base import Family, bias, embedding, head, norm
-from .blocks import fused_attention, mlp
+from .base import Family, bias
+from .gpt_neox import GPT_NEOX, neox_tensors
 
 G = r"gpt_neox_japanese\."
 L = G + r"layers\.\d+\."
@@ -29,33 +29,23 @@ def _ffn_ratio(cfg: dict, sizes: dict[str, int]) -> dict:
     return {"intermediate_multiple_size": sizes["ffn"] // sizes["hidden"]}
 
 
-GPT_NEOX_JAPANESE = Family(
+GPT_NEOX_JAPANESE = replace(
+    GPT_NEOX,  # its layout under another prefix, plus the differences below
     name="gpt_neox_japanese",
     layer_index=G + r"layers\.(?P<layer>\d+)\.",
     architectures=("GPTNeoXJapaneseForCausalLM",),
     model_types=("gpt_neox_japanese",),
-    tensors=(
-        (G + r"embed_in\.weight", embedding()),
-        *fused_attention(L + r"attention\.", "query_key_value", "dense", space="qkv"),
-        (L + r"attention\.dense_bias", bias("hidden")),
-        *mlp(L + r"mlp\.", "dense_h_to_4h", "dense_4h_to_h"),
-        (L + r"(input|post_attention)_layernorm\.(weight|bias)", norm()),
-        (G + r"final_layer_norm\.(weight|bias)", norm()),
-        (r"(embed_out|lm_head)\.weight", head()),
-    ),
+    tensors=(*neox_tensors(G), (L + r"attention\.dense_bias", bias("hidden"))),
     config_keys={
         "hidden": ("hidden_size",),
         "heads": ("num_attention_heads",),
         "ffn": (),
         "layers": ("num_hidden_layers",),
     },
-    ffn_per_hidden=4,
     config_quirks=_ffn_ratio,
-    rotary=True,
     embedding_name=G + r"embed_in\.weight",
-    head_name="embed_out.weight",
     tie_keepers=(G + r"final_layer_norm\.(weight|bias)",),
+    ignored=(),
     default_tie=True,
-    supports_kv_keep=False,
     variant=_variant,
 )

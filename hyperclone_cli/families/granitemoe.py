@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import embedding, head, linear, norm
+from .base import embedding, linear
 from .blocks import attention
-from .llama import LLAMA, L
+from .llama import LLAMA, NORMS_AND_HEAD, L
 from .moe import fused_experts, router
 
 MOE = L + r"block_sparse_moe\."
@@ -30,9 +30,7 @@ GRANITEMOE = replace(
         *fused_experts(MOE + r"experts\.gate_up_proj", MOE + r"experts\.down_proj"),
         (SHARED + r"input_linear\.weight", linear(("shared", "shared"), "hidden")),
         (SHARED + r"output_linear\.weight", linear("hidden", "shared", writes_residual=True)),
-        (L + r"(input|post_attention)_layernorm\.weight", norm()),
-        (r"model\.norm\.weight", norm()),
-        (r"lm_head\.weight", head()),
+        *NORMS_AND_HEAD,
     ),
     ffn_spaces=(("shared", "shared_intermediate_size", None),),
 )

@@ -8,6 +8,12 @@ from .base import Family, embedding, head, norm
 from .blocks import attention, gated_mlp
 
 L = r"model\.layers\.\d+\."
+# pre-norms of each block, the final norm and the head: shared by the Llama-like families
+NORMS_AND_HEAD = (
+    (L + r"(input|post_attention)_layernorm\.weight", norm()),
+    (r"model\.norm\.weight", norm()),
+    (r"lm_head\.weight", head()),
+)
 
 LLAMA = Family(
     name="llama",
@@ -17,9 +23,7 @@ LLAMA = Family(
         (r"model\.embed_tokens\.weight", embedding()),
         *attention(L),
         *gated_mlp(L),
-        (L + r"(input|post_attention)_layernorm\.weight", norm()),
-        (r"model\.norm\.weight", norm()),
-        (r"lm_head\.weight", head()),
+        *NORMS_AND_HEAD,
     ),
     config_keys={
         "hidden": ("hidden_size",),

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from .base import OUT, Role, embedding, head, norm
 from .blocks import attention
-from .llama import LLAMA, L
+from .llama import LLAMA, NORMS_AND_HEAD, L
 from .moe import experts, router
 
 MOE = L + r"(block_sparse_moe|mlp)\."
@@ -24,9 +24,7 @@ MIXTRAL = replace(
         *attention(L),
         *router(MOE + r"gate\.weight"),
         *experts(MOE + r"experts\.", "w[13]", "w2"),
-        (L + r"(input|post_attention)_layernorm\.weight", norm()),
-        (r"model\.norm\.weight", norm()),
-        (r"lm_head\.weight", head()),
+        *NORMS_AND_HEAD,
     ),
 )
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import embedding, head, linear, norm
-from .llama import LLAMA, L
+from .base import embedding, linear
+from .llama import LLAMA, NORMS_AND_HEAD, L
 
 A = L + r"self_attn\."
 
@@ -24,9 +24,7 @@ MOSHI = replace(
         (A + r"o_proj\.linear\.weight", linear("hidden", "q", writes_residual=True)),
         (L + r"mlp\.fc1\.weight", linear(("ffn_half", "ffn_half"), "hidden")),
         (L + r"mlp\.fc2\.weight", linear("hidden", "ffn_half", writes_residual=True)),
-        (L + r"(input|post_attention)_layernorm\.weight", norm()),
-        (r"model\.norm\.weight", norm()),
-        (r"lm_head\.weight", head()),
+        *NORMS_AND_HEAD,
     ),
     config_keys={**LLAMA.config_keys, "ffn": ("ffn_dim",)},
 )

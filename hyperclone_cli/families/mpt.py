@@ -35,7 +35,6 @@ def _refuse(cfg: dict) -> str | None:
 
 MPT = Family(
     name="mpt",
-    layer_index=T + r"blocks\.(?P<layer>\d+)\.",
     architectures=("MptForCausalLM",),
     model_types=("mpt",),
     tensors=(
@@ -46,6 +45,7 @@ MPT = Family(
         (T + r"norm_f\.(weight|bias)", norm()),
         (r"lm_head\.weight", head()),
     ),
+    layer_index=T + r"blocks\.(?P<layer>\d+)\.",
     config_keys={
         "hidden": ("d_model",),
         "heads": ("n_heads",),

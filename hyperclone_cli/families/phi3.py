@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import embedding, head, norm
+from .base import embedding
 from .blocks import fused_attention, gated_mlp
-from .llama import LLAMA, L
+from .llama import LLAMA, NORMS_AND_HEAD, L
 
 PHI3 = replace(
     LLAMA,
@@ -19,8 +19,6 @@ PHI3 = replace(
         (r"model\.embed_tokens\.weight", embedding()),
         *fused_attention(L + r"self_attn\.", "qkv_proj", "o_proj"),
         *gated_mlp(L, fused=True),
-        (L + r"(input|post_attention)_layernorm\.weight", norm()),
-        (r"model\.norm\.weight", norm()),
-        (r"lm_head\.weight", head()),
+        *NORMS_AND_HEAD,
     ),
 )
