@@ -206,7 +206,7 @@ def child_verify(src: str, dst: str, streamed: bool) -> dict:
 def child_imports() -> dict:
     """Peak RSS of Python + torch + the CLI modules alone, for reading the figures."""
     import hyperclone_cli.cli  # noqa: F401
-    import hyperclone_cli.expand  # noqa: F401
+    import hyperclone_cli.pipeline  # noqa: F401
 
     return {}
 

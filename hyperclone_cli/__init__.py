@@ -7,27 +7,36 @@ Python API (the CLI is a thin layer over these):
     report = verify("small/", "wide/")
     info = inspect("small/", factor=2)
 
-`hyperclone_cli.expand`, `.verify` and `.inspect` are these functions; their modules are
-reachable with `importlib.import_module("hyperclone_cli.verify")` and the like.
+The names are loaded on first use, so that `import hyperclone_cli` (and `hyperclone --help`)
+does not pay for torch and transformers.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+from .errors import HypercloneError, VerificationError
 
-from .errors import HypercloneError, VerificationError  # noqa: E402
-from .expand import ExpandResult, expand  # noqa: E402
-from .inspect import Inspection, inspect  # noqa: E402
-from .recipe import Recipe, load_recipe  # noqa: E402
-from .verify import VerifyReport, verify  # noqa: E402
+# public name → module that defines it
+_LAZY = {
+    "expand": "pipeline",
+    "ExpandResult": "pipeline",
+    "inspect": "inspection",
+    "Inspection": "inspection",
+    "verify": "verify",
+    "VerifyReport": "verify",
+    "Recipe": "recipe",
+    "build_recipe": "recipe",
+    "load_recipe": "recipe",
+}
 
-__all__ = [
-    "ExpandResult",
-    "HypercloneError",
-    "Inspection",
-    "Recipe",
-    "VerificationError",
-    "VerifyReport",
-    "expand",
-    "inspect",
-    "load_recipe",
-    "verify",
-]
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hyperclone_cli' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["HypercloneError", "VerificationError", "__version__", *_LAZY]

@@ -1,4 +1,4 @@
-"""Reading and writing checkpoints, one tensor at a time.
+"""Reading checkpoints, one tensor at a time (writing is writer.py).
 
 Reading: a Hugging Face directory with `config.json` and single or sharded `*.safetensors`
 (with their index) or `pytorch_model*.bin`. safetensors headers are parsed and checked
@@ -7,17 +7,11 @@ read with one positioned read into its own buffer: no memory map, whose pages wo
 up in the process's RSS and whose file, truncated under a running job, would kill it with
 SIGBUS instead of an error. `.bin` files are loaded with
 `weights_only=True`, so a pickle that would run code is refused before it runs.
-
-Writing: safetensors shards whose header is emitted first, from the plan, followed by each
-tensor's bytes as they are produced, so no shard is ever held in memory. The bytes are
-hashed on the way out for the model card.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import math
 import os
@@ -25,8 +19,6 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +42,6 @@ ST_DTYPES: dict[str, torch.dtype] = {
 TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger claims are refused unread
-WRITEBACK_BYTES = 64 * 1024 * 1024  # ShardWriter starts the disk write every this many bytes
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -385,135 +376,3 @@ def _bin_tensors(files: list[Path]) -> dict[str, TensorInfo]:
                 )
             tensors[name] = TensorInfo(name, t.dtype, tuple(t.shape), file, 0, t.nbytes)
     return tensors
-
-
-# --------------------------------------------------------------------------- writing
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * _itemsize(self.dtype)
-
-
-def safetensors_header(entries: Iterable[Entry], metadata: dict[str, str] | None) -> bytes:
-    """The header bytes (length prefix included), padded to 8 bytes as safetensors does."""
-    header: dict = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    for e in entries:
-        header[e.name] = {
-            "dtype": TORCH_TO_ST[e.dtype],
-            "shape": list(e.shape),
-            "data_offsets": [offset, offset + e.nbytes],
-        }
-        offset += e.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
-
-
-class ShardWriter:
-    """Write one safetensors file: header first, then each tensor's bytes in plan order."""
-
-    def __init__(self, path: Path, entries: list[Entry], metadata: dict[str, str] | None = None):
-        self.path = path
-        self.entries = entries
-        self.sha256 = hashlib.sha256()
-        head = safetensors_header(entries, metadata)
-        self.expected = len(head) + sum(e.nbytes for e in entries)
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.written = 0
-        self._flushed = 0  # bytes handed to the kernel's writeback so far
-        self._emit(memoryview(head))
-
-    def _emit(self, data: memoryview) -> None:
-        # sha256 costs about as much CPU as the write: hash on another thread meanwhile
-        hashing = _hasher().submit(self.sha256.update, data) if data.nbytes >= 1 << 20 else None
-        try:
-            self._file.write(data)
-        except OSError as e:  # name the file: a failed write() does not (ENOSPC, EIO)
-            raise OSError(e.errno, e.strerror, str(self.path)) from e
-        finally:
-            if hashing is not None:
-                hashing.result()
-        if hashing is None:
-            self.sha256.update(data)
-        self.written += data.nbytes
-        if self.written - self._flushed >= WRITEBACK_BYTES:
-            self._start_writeback()
-
-    def _start_writeback(self) -> None:
-        """Start writing the new dirty pages to disk now, while computing goes on, instead
-        of all at the fsync in close() (the kernel waits for ~10% of RAM to be dirty).
-        Linux's POSIX_FADV_DONTNEED does that, and keeps pages that are still dirty."""
-        if hasattr(os, "posix_fadvise"):
-            with contextlib.suppress(OSError):  # a hint: write errors surface in write/close
-                n = self.written - self._flushed
-                os.posix_fadvise(self._file.fileno(), self._flushed, n, os.POSIX_FADV_DONTNEED)
-        self._flushed = self.written
-
-    def write(self, chunk: torch.Tensor) -> None:
-        if chunk.device.type != "cpu":
-            chunk = chunk.cpu()
-        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-        if self.written + data.nbytes > self.expected:
-            raise RuntimeError(f"{self.path.name}: more bytes than the plan allows")
-        self._emit(memoryview(data))
-
-    def close(self) -> str:
-        """Flush to disk and return the file's sha256; the byte count must match the plan."""
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, str(self.path)) from e
-        finally:
-            self._file.close()
-        if self.written != self.expected:
-            raise RuntimeError(f"{self.path.name}: wrote {self.written} of {self.expected} bytes")
-        return self.sha256.hexdigest()
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):  # buffered bytes may not fit either (ENOSPC)
-            self._file.close()
-
-
-@functools.cache
-def _hasher() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(1, thread_name_prefix="hyperclone-sha256")
-
-
-def check_written_shard(path: Path, entries: list[Entry], expected_size: int) -> None:
-    """Re-read a written shard's header with the safetensors library and compare to the plan."""
-    from safetensors import safe_open
-
-    def bad(what: str) -> HypercloneError:
-        return HypercloneError(
-            f"{path.name}: the shard just written {what}; the disk or file system lost data, "
-            "so nothing was kept; check the disk and rerun",
-            code=EXIT_IO,
-        )
-
-    size = path.stat().st_size
-    if size != expected_size:
-        raise bad(f"has {size} bytes where {expected_size} were written")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = set(f.keys())
-            if names != {e.name for e in entries}:
-                raise bad("holds other tensors than planned")
-            shapes = {e.name: list(f.get_slice(e.name).get_shape()) for e in entries}
-    except HypercloneError:
-        raise
-    except Exception as e:  # the library's own error types differ between releases
-        raise bad(f"does not parse ({' '.join(str(e).split())[:120]})") from e
-    wrong = [e.name for e in entries if shapes[e.name] != list(e.shape)]
-    if wrong:
-        raise bad(f"has the wrong shape for {wrong[0]}")

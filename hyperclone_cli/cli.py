@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from ._version import __version__
 from .errors import EXIT_INPUT, EXIT_SIGINT, EXIT_USAGE, HypercloneError
-from .expand import format_size
+from .recipe import choices
 
 app = typer.Typer(
     name="hyperclone",
@@ -31,34 +31,19 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-_state = {"debug": False}
 
 
-class Attention(str, Enum):
-    heads = "heads"
-    head_dim = "head-dim"
+def _choice(key: str) -> type[Enum]:
+    """An Enum of the values the recipe key accepts, so typer shows and checks them: the
+    recipe's types are the one list of choices."""
+    values = choices(key)
+    return Enum(key.title().replace("_", ""), {v: v for v in values}, type=str)  # type: ignore[return-value]
 
 
-class KV(str, Enum):
-    replicate = "replicate"
-    keep = "keep"
-
-
-class Layout(str, Enum):
-    symmetric = "symmetric"
-    diagonal = "diagonal"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
+Attention = _choice("attention")
+KV = _choice("kv_heads")
+Layout = _choice("layout")
+Device = _choice("device")
 
 
 def _version(value: bool) -> None:
@@ -74,19 +59,25 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    _state["debug"] = debug
+    """Widen a pretrained causal LM into a larger one that computes the same function."""
+    # --debug is read by main() from the arguments, before typer parses them
 
 
 def _val(e: Enum | None) -> str | None:
     return e.value if e is not None else None
 
 
-@app.command()
+@app.command(short_help="Widen SRC into DST: stream, expand, verify, then move into place.")
 def expand(
     # readable=False: expand checks access itself, with its own message and exit code
-    src: Annotated[Path, typer.Argument(help="Source checkpoint directory.", readable=False)],
+    src: Annotated[
+        Path, typer.Argument(help="Source checkpoint directory.", readable=False, metavar="SRC")
+    ],
     dst: Annotated[
-        Path, typer.Argument(help="Destination directory (must not exist).", readable=False)
+        Path,
+        typer.Argument(
+            help="Destination directory (must not exist).", readable=False, metavar="DST"
+        ),
     ],
     factor: Annotated[
         int | None, typer.Option(help="Hidden-size multiplier n (default 2).")
@@ -114,7 +105,11 @@ def expand(
     ] = False,
     device: Annotated[Device | None, typer.Option(help="Where to compute (default auto).")] = None,
     dtype: Annotated[
-        DType | None, typer.Option(help="Output dtype (default: the source's).")
+        str | None,
+        typer.Option(
+            help="Output dtype: float32, bfloat16 or float16 (fp32, bf16, fp16 also accepted; "
+            "default: the source's)."
+        ),
     ] = None,
     shard_size: Annotated[str | None, typer.Option(help="Largest shard, e.g. 5GB.")] = None,
     tolerance: Annotated[
@@ -138,7 +133,7 @@ def expand(
         TransferSpeedColumn,
     )
 
-    from .expand import expand as run_expand
+    from .pipeline import expand as run_expand
 
     bar = Progress(
         "[progress.description]{task.description}",
@@ -174,11 +169,13 @@ def expand(
             layout=_val(layout),
             tie="untie" if untie else None,
             device=_val(device),
-            dtype=_val(dtype),
+            dtype=dtype,
             shard_size=shard_size,
             verify_tolerance=tolerance,
             verify=False if no_verify else None,
         )
+    from .units import format_size
+
     s = result.summary()
     if as_json:
         out.print_json(json.dumps(s))
@@ -201,10 +198,10 @@ def expand(
     out.print(t)
 
 
-@app.command()
+@app.command(short_help="Run the same tokens through SRC and DST and compare the logits.")
 def verify(
-    src: Annotated[Path, typer.Argument(help="Source checkpoint.")],
-    dst: Annotated[Path, typer.Argument(help="Widened checkpoint.")],
+    src: Annotated[Path, typer.Argument(help="Source checkpoint.", metavar="SRC")],
+    dst: Annotated[Path, typer.Argument(help="Widened checkpoint.", metavar="DST")],
     tolerance: Annotated[
         float | None, typer.Option(help="Largest relative logit error allowed.")
     ] = None,
@@ -215,14 +212,16 @@ def verify(
             help="Load one module's weights at a time (default: when RAM is short).",
         ),
     ] = None,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.cpu,
+    device: Annotated[
+        Device | None, typer.Option(help="Where to run (default auto: cuda when present).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run the same tokens through SRC and DST and compare the logits."""
-    from .expand import resolve_device
+    from .pipeline import resolve_device
     from .verify import verify as run_verify
 
-    dev = resolve_device(device.value)
+    dev = resolve_device(_val(device) or "auto")
     report = run_verify(src, dst, tolerance=tolerance, streamed=streamed, device=str(dev))
     d = report.to_dict()
     if as_json:
@@ -244,9 +243,9 @@ def verify(
     report.raise_if_failed()
 
 
-@app.command("inspect")
+@app.command("inspect", short_help="Describe a checkpoint, and what an expansion would produce.")
 def inspect_cmd(
-    path: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    path: Annotated[Path, typer.Argument(help="Checkpoint directory.", metavar="PATH")],
     factor: Annotated[
         int | None, typer.Option(help="Also show what ×factor would produce.")
     ] = None,
@@ -256,7 +255,8 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Architecture, sizes, shards, dtypes, tie, heads; and what an expansion would produce."""
-    from .inspect import inspect as run_inspect
+    from .inspection import inspect as run_inspect
+    from .units import format_size
 
     info = run_inspect(path, factor=factor, recipe=recipe)
     d = info.to_dict()
@@ -319,7 +319,11 @@ def _fail(message: str, code: int) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes one line on stderr and an exit code."""
     args = list(argv if argv is not None else sys.argv[1:])
-    debug = "--debug" in args or bool(os.environ.get("HYPERCLONE_DEBUG"))
+    # --debug is accepted anywhere before a `--`, also after the command name
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end] or bool(os.environ.get("HYPERCLONE_DEBUG"))
+    if "--debug" in args[1:end]:
+        args = [a for i, a in enumerate(args) if i >= end or a != "--debug"]
     # transformers' loading bars and advisories would add lines to stderr around our one;
     # and hyperclone works on local directories: never a hub lookup
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

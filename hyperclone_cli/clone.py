@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-OUT = "out"
-IN = "in"
+from .families.base import IN, OUT
 
 Alloc = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import __version__
-from .checkpoint import FLOAT_DTYPES, Checkpoint, Entry
-from .clone import IN, OUT, AxisMap, identity_map, interleave_map, tile_map
+from ._version import __version__
+from .checkpoint import FLOAT_DTYPES, Checkpoint
+from .clone import AxisMap, identity_map, interleave_map, tile_map
 from .errors import HypercloneError
-from .families import Dims, Family, Role, family_for
+from .families import IN, OUT, Dims, Family, Role, family_for
 from .families.base import head as head_role
 from .recipe import Recipe
+from .writer import Entry
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,10 +37,6 @@ class TensorPlan:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(a.target_size for a in self.axes)
-
-    @property
-    def source_shape(self) -> tuple[int, ...]:
-        return tuple(a.source_size for a in self.axes)
 
     @property
     def numel(self) -> int:
@@ -102,8 +99,8 @@ class Plan:
             "tool": f"hyperclone {__version__}",
             "method": "HyperCloning (arXiv 2409.12903)",
             "source": str(self.source.path),
-            "factor": r.n,
-            "ffn_factor": r.m,
+            "factor": r.factor,
+            "ffn_factor": r.ffn_multiplier,
             "attention": r.attention,
             "kv_heads": r.kv_heads,
             "layout": r.layout,
@@ -125,7 +122,7 @@ def resolved_tie(config: dict, family: Family) -> bool:
 
 def space_maps(dims: Dims, recipe: Recipe) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Index maps per space, and the widened sizes for config.json."""
-    n, m = recipe.n, recipe.m
+    n, m = recipe.factor, recipe.ffn_multiplier
     H, G, hd = dims.heads, dims.kv_heads, dims.head_dim
     maps = {
         "hidden": tile_map(dims.hidden, n),
@@ -192,7 +189,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
     cfg = ckpt.config
     family = family_for(cfg)
     dims = family.dims(cfg)
-    n = recipe.n
+    n = recipe.factor
     if recipe.attention == "head-dim" and dims.rotary:
         raise HypercloneError(
             f"--attention head-dim is not exact for {family.name}: rotary position embeddings "
@@ -247,7 +244,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
                 "refusing to drop it "
                 "silently (is this checkpoint a variant hyperclone does not support yet?)"
             )
-        if role.kind == "head" and tied:
+        if role.lm_head and tied:
             dropped.append((name, "duplicate of the tied embedding"))
             continue
         if len(role.axes) != len(info.shape):
@@ -311,7 +308,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         )
 
     config = copy.deepcopy(cfg)
-    config.update(family.config_keys(cfg, dims, sizes))
+    config.update(family.widened_config(cfg, sizes))
     if tie == "untied":
         config["tie_word_embeddings"] = False
     if recipe.dtype:

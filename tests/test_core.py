@@ -219,11 +219,11 @@ def test_bad_recipes_are_one_line_errors(tmp_path, cli, content, needle):
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
-        (["--factor", "1"], 1, "factor"),
+        (["--factor", "1"], 2, "factor"),
         (["--factor", "1.5"], 2, "factor"),
         (["--attention", "nope"], 2, "attention"),
         (["--noise", "loud"], 2, "noise"),
-        (["--shard-size", "lots"], 1, "shard"),
+        (["--shard-size", "lots"], 2, "shard"),
         (["--attention", "head-dim"], 1, "rotary"),
     ],
 )

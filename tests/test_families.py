@@ -27,9 +27,9 @@ from transformers import (
 )
 
 from hyperclone_cli.errors import HypercloneError
-from hyperclone_cli.expand import expand
 from hyperclone_cli.families import FAMILIES
-from hyperclone_cli.inspect import inspect
+from hyperclone_cli.inspection import inspect
+from hyperclone_cli.pipeline import expand
 
 # Shared sizes: hidden 32, 4 heads of 8, 2 layers, vocab 96.
 COMMON = dict(vocab_size=tiny.VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
@@ -416,3 +416,22 @@ def test_diagonal_layout_puts_w_on_the_diagonal(sources, tmp_path):
     o = wide["model.layers.0.self_attn.o_proj.weight"]
     assert torch.equal(o[:32, :32], w) and torch.equal(o[32:, 32:], w)
     assert not o[:32, 32:].any() and not o[32:, :32].any()
+
+
+def test_config_tables_write_what_the_config_sets_or_implies_wrongly():
+    """One table per family, one writer: keys the config sets are widened; a size it leaves
+    implied is written only where the implied value would be wrong."""
+    gpt2 = FAMILIES_BY_NAME["gpt2"]
+    cfg = _gpt2().to_dict()  # n_inner: null, i.e. 4·n_embd
+    sizes = dict(hidden=64, embed=64, ffn=256, heads=8, kv_heads=8, head_dim=8)
+    assert gpt2.widened_config(cfg, sizes) == {"n_embd": 64, "n_head": 8}
+    assert gpt2.widened_config(cfg, sizes | {"ffn": 384})["n_inner"] == 384  # --ffn-factor 3
+    llama = FAMILIES_BY_NAME["llama"]
+    cfg = tiny.llama_config().to_dict()
+    del cfg["num_key_value_heads"]  # implied = heads; --kv-heads keep makes that wrong
+    sizes = dict(hidden=64, embed=64, ffn=96, heads=8, kv_heads=4, head_dim=8)
+    assert llama.widened_config(cfg, sizes)["num_key_value_heads"] == 4
+    neox = FAMILIES_BY_NAME["gpt_neox"]
+    cfg = {k: v for k, v in _neox().to_dict().items() if k != "intermediate_size"}
+    assert neox.dims(cfg).ffn == 4 * 32
+    assert neox.widened_config(cfg, sizes | {"ffn": 256})["intermediate_size"] == 256

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from ..errors import HypercloneError
-from .base import Dims, Family, Role
+from .base import IN, OUT, Dims, Family, Role
 from .gemma import GEMMA, GEMMA3
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
-from .llama import LLAMA, QWEN2, QWEN3
+from .llama import LLAMA
 from .olmo import OLMO, OLMO2
 from .opt import OPT
 from .phi3 import PHI3
+from .qwen2 import QWEN2
+from .qwen3 import QWEN3
 
 FAMILIES: tuple[Family, ...] = (
     LLAMA,
@@ -41,4 +43,4 @@ def family_for(config: dict) -> Family:
     raise HypercloneError(f"config.json: unsupported architecture {what}; supported: {supported}")
 
 
-__all__ = ["FAMILIES", "Dims", "Family", "Role", "family_for"]
+__all__ = ["FAMILIES", "IN", "OUT", "Dims", "Family", "Role", "family_for"]

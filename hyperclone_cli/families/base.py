@@ -7,7 +7,7 @@ A role names, for each axis of a tensor, the *space* the axis lives in and its *
   per-head fused [q k v]), "head" (one head's head_dim: per-head q/k norms), "fixed"
   (never widens: vocabulary, positions);
   a tuple of spaces is a fused axis, e.g. ("q", "kv", "kv") for `[q | k | v]`.
-- sides: "out" (gathered: rows of a Linear, embeddings, norms, biases) or "in"
+- sides: OUT (gathered: rows of a Linear, embeddings, norms, biases) or IN
   (gathered and divided by the number of copies: columns of a Linear).
 """
 
@@ -17,7 +17,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..clone import IN, OUT
+from ..errors import HypercloneError
+
+OUT = "out"
+IN = "in"
 
 Space = str | tuple[str, ...]
 Axis = tuple[Space, str]
@@ -26,7 +29,7 @@ Axis = tuple[Space, str]
 @dataclass(frozen=True)
 class Role:
     axes: tuple[Axis, ...]
-    kind: str = "weight"  # weight | bias | norm | embedding | head
+    lm_head: bool = False  # the LM head: dropped when the embedding is tied to it
     q_scaled: bool = False  # multiplied by 1/√n under head-dim attention (q weight/bias)
     norm_offset: float = 0.0  # Gemma stores RMSNorm gain as (1 + w)
 
@@ -42,21 +45,21 @@ def conv1d(inp: Space, out: Space, **kw) -> Role:
 
 
 def bias(space: Space, **kw) -> Role:
-    return Role(((space, OUT),), kind="bias", **kw)
+    return Role(((space, OUT),), **kw)
 
 
 def norm(space: Space = "hidden", offset: float = 0.0) -> Role:
-    return Role(((space, OUT),), kind="norm", norm_offset=offset)
+    return Role(((space, OUT),), norm_offset=offset)
 
 
 def embedding(space: Space = "hidden") -> Role:
     """(rows, width) table whose rows are looked up: the width is an output side."""
-    return Role((("fixed", OUT), (space, OUT)), kind="embedding")
+    return Role((("fixed", OUT), (space, OUT)))
 
 
 def head(space: Space = "hidden") -> Role:
     """The LM head (vocab, width): the width is an input side."""
-    return Role((("fixed", OUT), (space, IN)), kind="head")
+    return Role((("fixed", OUT), (space, IN)), lm_head=True)
 
 
 @dataclass(frozen=True)
@@ -73,22 +76,31 @@ class Dims:
     rotary: bool  # rotary position embeddings: head-dim attention is not exact
 
 
+# size → config.json keys holding it, e.g. {"hidden": ("n_embd", "hidden_size"), …}: the
+# first key present is read, every key present is widened. Sizes a family leaves out (or
+# its config leaves out) take the value transformers implies: kv_heads = heads,
+# head_dim = hidden // heads, embed = hidden.
+ConfigKeys = dict[str, tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
     architectures: tuple[str, ...]  # HF class names handled
     model_types: tuple[str, ...]  # config.json model_type values handled
     tensors: tuple[tuple[str, Role], ...]  # regex (fullmatch) → role
-    dims: Callable[[dict], Dims]
-    config_keys: Callable[[dict, Dims, dict[str, int]], dict]  # (cfg, dims, sizes) → updates
+    config_keys: ConfigKeys
+    rotary: bool  # rotary position embeddings
     embedding_name: str  # regex of the token embedding tensor
+    ffn_per_hidden: int | None = None  # ffn = this × hidden when the config leaves it null
+    # updates beyond the table, (cfg, widened sizes) → {key: value}, for a family's quirks
+    config_quirks: Callable[[dict, dict[str, int]], dict] | None = None
     head_name: str = "lm_head.weight"  # name written when untying
     tie_keepers: tuple[str, ...] = ()  # regexes, in order of preference, scaled to keep a tie
     ignored: tuple[str, ...] = ()  # regexes of stored buffers transformers recomputes
     embed_multiplier: Callable[[int], float] = field(default=lambda n: 1.0)
     default_tie: bool = False  # tie_word_embeddings when config.json does not say
     supports_kv_keep: bool = True
-    notes: str = ""
 
     def role_of(self, name: str) -> Role | None:
         for pattern, role in self.tensors:
@@ -99,6 +111,71 @@ class Family:
     def is_ignored(self, name: str) -> bool:
         return any(re.fullmatch(p, name) for p in self.ignored)
 
+    def dims(self, cfg: dict) -> Dims:
+        """The source sizes, from the config keys of `config_keys`."""
+        keys = self.config_keys
+        hidden = cfg_int(cfg, *keys["hidden"])
+        heads = cfg_int(cfg, *keys["heads"])
+        kv = cfg_int(cfg, *keys.get("kv_heads", ()), default=heads)
+        if heads % kv:
+            raise HypercloneError(
+                f"config.json: {heads} attention heads are not a multiple of {kv} key/value heads"
+            )
+        ffn_default = self.ffn_per_hidden * hidden if self.ffn_per_hidden else None
+        ffn = cfg_int(cfg, *keys["ffn"], default=ffn_default)
+        head_dim_keys = keys.get("head_dim", ())
+        if _first_set(cfg, head_dim_keys):
+            head_dim = cfg_int(cfg, *head_dim_keys)
+        else:
+            head_dim = _derived_head_dim(cfg, keys, hidden, heads)
+        return Dims(
+            hidden=hidden,
+            ffn=ffn,
+            heads=heads,
+            kv_heads=kv,
+            head_dim=head_dim,
+            embed=cfg_int(cfg, *keys.get("embed", ()), default=hidden),
+            layers=cfg_int(cfg, *keys["layers"]),
+            rotary=self.rotary,
+        )
+
+    def widened_config(self, cfg: dict, sizes: dict[str, int]) -> dict:
+        """config.json updates: every key of the table that the config sets gets its widened
+        size; a size the config leaves implied is written where the implied value is wrong."""
+        implied = {
+            "kv_heads": sizes["heads"],
+            "head_dim": sizes["hidden"] // sizes["heads"],
+            "embed": sizes["hidden"],
+            "ffn": self.ffn_per_hidden * sizes["hidden"] if self.ffn_per_hidden else None,
+        }
+        updates = {}
+        for size, keys in self.config_keys.items():
+            if size == "layers":
+                continue
+            present = [k for k in keys if cfg.get(k) is not None]
+            for k in present:
+                updates[k] = sizes[size]
+            if keys and not present and implied.get(size) != sizes[size]:
+                updates[keys[0]] = sizes[size]
+        if self.config_quirks:
+            updates.update(self.config_quirks(cfg, sizes))
+        return updates
+
+
+def _first_set(cfg: dict, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if cfg.get(k) is not None), None)
+
+
+def _derived_head_dim(cfg: dict, keys: ConfigKeys, hidden: int, heads: int) -> int:
+    if hidden % heads:
+        h, n = _first_set(cfg, keys["hidden"]), _first_set(cfg, keys["heads"])
+        if h == "hidden_size":
+            what = f"hidden size {hidden} is not divisible by {heads} attention heads"
+        else:  # name GPT-2's own keys
+            what = f"{h} {hidden} is not divisible by {n} {heads}"
+        raise HypercloneError(f"config.json: {what}")
+    return hidden // heads
+
 
 def cfg_int(cfg: dict, *keys: str, default: int | None = None) -> int:
     """The first of `keys` present in config.json, as an int."""
@@ -106,31 +183,8 @@ def cfg_int(cfg: dict, *keys: str, default: int | None = None) -> int:
         v = cfg.get(k)
         if v is not None:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                from ..errors import HypercloneError
-
                 raise HypercloneError(f"config.json: {k} must be a positive integer, got {v!r}")
             return v
     if default is not None:
         return default
-    from ..errors import HypercloneError
-
     raise HypercloneError(f"config.json: missing {keys[0]}")
-
-
-def head_dims(cfg: dict, hidden: int, heads: int) -> int:
-    """head_dim from config.json, or hidden // heads (which must divide)."""
-    from ..errors import HypercloneError
-
-    hd = cfg.get("head_dim")
-    if hd is None:
-        if hidden % heads:
-            raise HypercloneError(
-                f"config.json: hidden size {hidden} is not divisible by {heads} attention heads"
-            )
-        return hidden // heads
-    return cfg_int(cfg, "head_dim")
-
-
-def widen(cfg: dict, sizes: dict[str, int], mapping: dict[str, str]) -> dict:
-    """Updates for every config key in `mapping` (key → size name) that the config has."""
-    return {k: sizes[s] for k, s in mapping.items() if k in cfg and cfg[k] is not None}

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .base import embedding, head, norm
-from .llama import LLAMA, L, attention, gated_mlp
+from .blocks import attention, gated_mlp
+from .llama import LLAMA, L
 
 
 def _sqrt_hidden_multiplier(n: int) -> float:
@@ -26,8 +27,8 @@ GEMMA = replace(
     model_types=("gemma", "gemma2"),
     tensors=(
         (r"model\.embed_tokens\.weight", embedding()),
-        *attention(),
-        *gated_mlp(),
+        *attention(L),
+        *gated_mlp(L),
         (
             L + r"(input|post_attention|pre_feedforward|post_feedforward)_layernorm\.weight",
             norm(offset=1.0),

@@ -6,39 +6,11 @@ also carry the causal-mask buffers `attn.bias` / `attn.masked_bias`."""
 
 from __future__ import annotations
 
-from .base import Dims, Family, bias, cfg_int, conv1d, embedding, head, norm, widen
+from .base import Family, embedding, head, norm
+from .blocks import fused_attention, mlp
 
 P = r"(transformer\.)?"
 H = P + r"h\.\d+\."
-QKV = ("q", "kv", "kv")
-
-
-def gpt2_dims(cfg: dict) -> Dims:
-    hidden = cfg_int(cfg, "n_embd", "hidden_size")
-    heads = cfg_int(cfg, "n_head", "num_attention_heads")
-    if hidden % heads:
-        from ..errors import HypercloneError
-
-        raise HypercloneError(f"config.json: n_embd {hidden} is not divisible by n_head {heads}")
-    return Dims(
-        hidden=hidden,
-        ffn=cfg_int(cfg, "n_inner", default=4 * hidden),
-        heads=heads,
-        kv_heads=heads,
-        head_dim=hidden // heads,
-        embed=hidden,
-        layers=cfg_int(cfg, "n_layer", "num_hidden_layers"),
-        rotary=False,
-    )
-
-
-def gpt2_config(cfg: dict, dims: Dims, sizes: dict[str, int]) -> dict:
-    updates = widen(cfg, sizes, {"n_embd": "hidden", "n_head": "heads"})
-    # n_inner: None means 4·n_embd; write it whenever that would be wrong
-    if cfg.get("n_inner") is not None or sizes["ffn"] != 4 * sizes["hidden"]:
-        updates["n_inner"] = sizes["ffn"]
-    return updates
-
 
 GPT2 = Family(
     name="gpt2",
@@ -47,20 +19,20 @@ GPT2 = Family(
     tensors=(
         (P + r"wte\.weight", embedding()),
         (P + r"wpe\.weight", embedding()),
-        (H + r"attn\.c_attn\.weight", conv1d("hidden", QKV, q_scaled=True)),
-        (H + r"attn\.c_attn\.bias", bias(QKV, q_scaled=True)),
-        (H + r"attn\.c_proj\.weight", conv1d("q", "hidden")),
-        (H + r"attn\.c_proj\.bias", bias("hidden")),
-        (H + r"mlp\.c_fc\.weight", conv1d("hidden", "ffn")),
-        (H + r"mlp\.c_fc\.bias", bias("ffn")),
-        (H + r"mlp\.c_proj\.weight", conv1d("ffn", "hidden")),
-        (H + r"mlp\.c_proj\.bias", bias("hidden")),
+        *fused_attention(H + r"attn\.", "c_attn", "c_proj", transposed=True),
+        *mlp(H + r"mlp\.", "c_fc", "c_proj", transposed=True),
         (H + r"ln_[12]\.(weight|bias)", norm()),
         (P + r"ln_f\.(weight|bias)", norm()),
         (r"lm_head\.weight", head()),
     ),
-    dims=gpt2_dims,
-    config_keys=gpt2_config,
+    config_keys={
+        "hidden": ("n_embd", "hidden_size"),
+        "heads": ("n_head", "num_attention_heads"),
+        "ffn": ("n_inner",),
+        "layers": ("n_layer", "num_hidden_layers"),
+    },
+    ffn_per_hidden=4,  # n_inner: null means 4·n_embd
+    rotary=False,
     embedding_name=P + r"wte\.weight",
     tie_keepers=(P + r"ln_f\.(weight|bias)",),
     ignored=(H + r"attn\.(bias|masked_bias)",),

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import Family, embedding, head, norm
-from .llama import LLAMA, L, attention, gated_mlp
+from .base import embedding, head, norm
+from .blocks import attention, gated_mlp
+from .llama import LLAMA, L
 
 OLMO = replace(
     LLAMA,
@@ -17,25 +18,24 @@ OLMO = replace(
     model_types=("olmo",),
     tensors=(
         (r"model\.embed_tokens\.weight", embedding()),
-        *attention(),
-        *gated_mlp(),
+        *attention(L),
+        *gated_mlp(L),
         (r"lm_head\.weight", head()),
     ),
     tie_keepers=(),  # parameter-free LayerNorm: a tie is always removed
-    notes="norms without parameters: a tied head is written untied",
 )
 
-OLMO2: Family = replace(
+OLMO2 = replace(
     LLAMA,
     name="olmo2",
     architectures=("Olmo2ForCausalLM", "Olmo3ForCausalLM"),
     model_types=("olmo2", "olmo3"),
     tensors=(
         (r"model\.embed_tokens\.weight", embedding()),
-        *attention(),
+        *attention(L),
         (L + r"self_attn\.q_norm\.weight", norm("q")),
         (L + r"self_attn\.k_norm\.weight", norm("kv")),
-        *gated_mlp(),
+        *gated_mlp(L),
         (L + r"(post_attention|post_feedforward)_layernorm\.weight", norm()),
         (r"model\.norm\.weight", norm()),
         (r"lm_head\.weight", head()),

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import bias, embedding, head, linear, norm
+from .base import embedding, head, norm
+from .blocks import fused_attention, gated_mlp
 from .llama import LLAMA, L
-
-QKV = ("q", "kv", "kv")
 
 PHI3 = replace(
     LLAMA,
@@ -18,14 +17,8 @@ PHI3 = replace(
     model_types=("phi3",),
     tensors=(
         (r"model\.embed_tokens\.weight", embedding()),
-        (L + r"self_attn\.qkv_proj\.weight", linear(QKV, "hidden", q_scaled=True)),
-        (L + r"self_attn\.qkv_proj\.bias", bias(QKV, q_scaled=True)),
-        (L + r"self_attn\.o_proj\.weight", linear("hidden", "q")),
-        (L + r"self_attn\.o_proj\.bias", bias("hidden")),
-        (L + r"mlp\.gate_up_proj\.weight", linear(("ffn", "ffn"), "hidden")),
-        (L + r"mlp\.gate_up_proj\.bias", bias(("ffn", "ffn"))),
-        (L + r"mlp\.down_proj\.weight", linear("hidden", "ffn")),
-        (L + r"mlp\.down_proj\.bias", bias("hidden")),
+        *fused_attention(L + r"self_attn\.", "qkv_proj", "o_proj"),
+        *gated_mlp(L, fused=True),
         (L + r"(input|post_attention)_layernorm\.weight", norm()),
         (r"model\.norm\.weight", norm()),
         (r"lm_head\.weight", head()),

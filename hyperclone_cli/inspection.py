@@ -9,12 +9,14 @@ from pathlib import Path
 from .checkpoint import open_checkpoint
 from .errors import HypercloneError
 from .families import family_for
+from .pipeline import NOISE_CHUNK_ELEMENTS
 from .plan import make_plan, resolved_tie
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, build_recipe
+from .writer import BUFFER_COUNT, CHUNK_BYTES
 
 BASELINE_RSS = 320 * 1024 * 1024  # python + torch + the CLI before any work, measured 302 MB
-POOL_BYTES = 7 * 16 * 1024 * 1024  # expand's reused 16 MB chunk buffers in flight
-NOISE_BYTES = 6 * 4 * (1 << 24)  # float32 temporaries of a noisy tensor's 16M-element chunks
+POOL_BYTES = BUFFER_COUNT * CHUNK_BYTES  # expand's reused chunk buffers in flight
+NOISE_BYTES = 6 * 4 * NOISE_CHUNK_ELEMENTS  # float32 temporaries of a noisy tensor's chunks
 
 
 @dataclass
@@ -80,14 +82,13 @@ def inspect(
     if factor is None and recipe is None:
         return info
 
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, factor=factor, **kw)
+    recipe = build_recipe(recipe, factor=factor, **kw)
     plan = make_plan(ckpt, recipe)
     largest_src = max(t.nbytes for t in ckpt.tensors.values())
     float32_params = 4 * (info.params + plan.target_params)
     info.expansion = {
-        "factor": recipe.n,
-        "ffn_factor": recipe.m,
+        "factor": recipe.factor,
+        "ffn_factor": recipe.ffn_multiplier,
         "attention": recipe.attention,
         "kv_heads_strategy": recipe.kv_heads,
         "params": plan.target_params,
@@ -100,9 +101,9 @@ def inspect(
         "head_dim": plan.sizes["head_dim"],
         "tie": plan.tie,
         "largest_tensor_bytes": plan.largest_tensor_bytes,
-        # one source tensor + a few float32 work chunks in flight + the interpreter
-        # the interpreter + one source tensor + the chunks in flight (measured within 10%
-        # on the benchmark's checkpoints: predicted 513 MB, measured 479 MB)
+        # the interpreter + one source tensor + the chunks in flight (on the benchmark's
+        # large checkpoint: measured 479 MB; predicted 479 MB, 513 MB when this counted 7
+        # buffers instead of expand's 5)
         "predicted_peak_rss_bytes": BASELINE_RSS
         + largest_src
         + (NOISE_BYTES if recipe.noise is not None else POOL_BYTES),

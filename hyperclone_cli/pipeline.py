@@ -1,0 +1,205 @@
+"""The expansion pipeline: plan → (read → widen → write, one tensor at a time) → verify →
+rename. The destination appears only when it is complete and verified (staging.py);
+anything else leaves no trace but the error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import clone
+from .checkpoint import Checkpoint, open_checkpoint
+from .clone import Noise
+from .errors import HypercloneError
+from .modelcard import model_card
+from .plan import Plan, TensorPlan, make_plan
+from .recipe import Recipe, build_recipe
+from .staging import check_destination, staged_output
+from .writer import CHUNK_BYTES, BackgroundWriter, ProgressFn, ShardResult
+
+if TYPE_CHECKING:
+    from .verify import VerifyReport
+
+NOISE_CHUNK_ELEMENTS = 1 << 24  # fixed: the noise drawn per chunk depends on it
+
+
+@dataclass
+class ExpandResult:
+    destination: Path
+    plan: Plan
+    source_params: int
+    dry_run: bool = False
+    seconds: float = 0.0
+    device: str = "cpu"
+    shards: list[ShardResult] = field(default_factory=list)
+    verification: VerifyReport | None = None
+
+    def summary(self) -> dict:
+        p = self.plan
+        out = {
+            "destination": str(self.destination),
+            "dry_run": self.dry_run,
+            "family": p.family.name,
+            "factor": p.recipe.factor,
+            "ffn_factor": p.recipe.ffn_multiplier,
+            "source_params": self.source_params,
+            "target_params": p.target_params,
+            "target_bytes": p.target_bytes,
+            "tie": p.tie,
+            "shards": [s.__dict__ for s in self.shards] or [s.file for s in p.shards],
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
+            "notes": p.notes,
+        }
+        if self.verification is not None:
+            out["verify"] = self.verification.to_dict()
+        return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HypercloneError("--device cuda: CUDA is not available here; use --device cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def expand(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    recipe: Recipe | str | Path | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    **overrides: object,
+) -> ExpandResult:
+    """Widen the checkpoint at `src` into `dst`.
+
+    `recipe` is a Recipe or a YAML path; keyword `overrides` (factor, ffn_factor, attention,
+    kv_heads, layout, noise, seed, dtype, tie, verify, verify_tolerance, shard_size, device)
+    win over it. Raises HypercloneError (VerificationError when the check fails) and leaves
+    no `dst` behind on any failure.
+    """
+    start = time.perf_counter()
+    recipe = build_recipe(recipe, **overrides)
+    src = Path(src)
+    source = open_checkpoint(src)
+    # the destination is checked before planning too, so a dry run refuses a bad one
+    dst = check_destination(src, dst, force)
+    plan = make_plan(source, recipe)
+    device = resolve_device(recipe.device)
+    if on_plan is not None:
+        on_plan(plan)
+    source_params = sum(t.numel for t in source.tensors.values())
+    result = ExpandResult(dst, plan, source_params, dry_run=dry_run, device=str(device))
+    if dry_run:
+        return result
+
+    needed = plan.target_bytes + sum(p.stat().st_size for p in source.other_files)
+    with staged_output(src, dst, force=force, needed_bytes=needed) as stage:
+        try:
+            result.shards = write_shards(plan, source, stage.tmp, device, progress)
+        finally:
+            source.close()  # drop the .bin cache before verify loads two models
+        write_metadata(plan, source, stage.tmp)
+        report = None
+        if recipe.verify:
+            from .verify import verify
+
+            report = verify(src, stage.tmp, tolerance=recipe.verify_tolerance, device=str(device))
+            result.verification = report
+            report.raise_if_failed("; nothing was written")
+        (stage.tmp / "README.md").write_text(model_card(plan, result.shards, report))
+        stage.commit()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def write_shards(
+    plan: Plan,
+    source: Checkpoint,
+    out_dir: Path,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> list[ShardResult]:
+    """Stream every tensor of the plan from `source` into safetensors shards in `out_dir`."""
+    recipe = plan.recipe
+    noise = Noise(recipe.noise, recipe.seed) if recipe.noise is not None else None
+    order = [t.source for s in plan.shards for t in s.tensors]
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(_compute_threads(threads))
+    try:
+        # reused chunk buffers on the CPU; a device's chunks arrive in fresh host memory
+        with BackgroundWriter(out_dir, pooled=device.type == "cpu", progress=progress) as writer:
+            for shard in plan.shards:
+                writer.start_shard(shard.file, [t.entry for t in shard.tensors])
+                for t in shard.tensors:
+                    w = source.read(t.source, device)
+                    order.pop(0)
+                    if order:
+                        source.prefetch(order[0])  # read from disk while this one widens
+                    for chunk in clone.expand(
+                        w,
+                        t.axes,
+                        scale=t.scale,
+                        offset=t.role.norm_offset,
+                        diagonal=t.diagonal,
+                        noise=noise if t.noise else None,
+                        tensor_seed=t.tensor_seed(recipe.seed),
+                        out_dtype=t.dtype,
+                        max_chunk_elements=_chunk_elements(t, device),
+                        alloc=writer.alloc,
+                    ):
+                        writer.write(chunk)
+                    del w
+                writer.end_shard()
+            return writer.finish()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def write_metadata(plan: Plan, source: Checkpoint, out_dir: Path) -> None:
+    """The index (when sharded), the widened config, and the source's other files."""
+    if len(plan.shards) > 1:
+        index = {
+            "metadata": {"total_size": plan.target_bytes},
+            "weight_map": {t.name: s.file for s in plan.shards for t in s.tensors},
+        }
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out_dir / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
+    for f in source.other_files:
+        if f.name.lower() == "readme.md":
+            continue  # replaced by our model card
+        shutil.copy2(f, out_dir / f.name)
+
+
+def _chunk_elements(t: TensorPlan, device: torch.device) -> int:
+    """How much of a target tensor to compute at a time."""
+    if t.noise:
+        return NOISE_CHUNK_ELEMENTS  # noise is drawn per chunk: part of the seeded bytes
+    if device.type != "cpu":
+        # one chunk per tensor: one device-to-host copy per tensor (device memory holds a
+        # target tensor easily; the host still sees only that tensor)
+        return max(1, t.numel)
+    return CHUNK_BYTES // t.dtype.itemsize
+
+
+def _compute_threads(threads: int) -> int:
+    """Leave a core to the writer thread (hashing, write syscalls): with every core in
+    torch's pool, its threads wait on the writer and each op runs several times slower."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 2
+    return max(1, min(threads, cores - 1))

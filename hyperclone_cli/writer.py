@@ -1,0 +1,304 @@
+"""Writing safetensors shards, streaming: each shard's header is emitted first, from the
+plan, then each tensor's bytes as they are produced, so no shard is ever held in memory.
+
+`ShardWriter` writes one file (hashing it on the way out for the model card, and starting
+the disk write every 64 MB). `BackgroundWriter` runs ShardWriters on a thread of its own,
+from a small pool of reused chunk buffers, so the next chunks are computed meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import TORCH_TO_ST
+from .errors import EXIT_IO, HypercloneError
+
+ProgressFn = Callable[[int], None]  # called with the bytes of each chunk written
+CHUNK_BYTES = 16 * 1024 * 1024  # target bytes computed and written at a time
+WRITER_DEPTH = 3  # chunks computed ahead of the disk
+BUFFER_COUNT = WRITER_DEPTH + 2  # one chunk being computed, one being written, the queue
+WRITEBACK_BYTES = 64 * 1024 * 1024  # ShardWriter starts the disk write every this many bytes
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a shard to write."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass
+class ShardResult:
+    file: str
+    bytes: int
+    sha256: str
+
+
+def safetensors_header(entries: Iterable[Entry], metadata: dict[str, str] | None) -> bytes:
+    """The header bytes (length prefix included), padded to 8 bytes as safetensors does."""
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for e in entries:
+        header[e.name] = {
+            "dtype": TORCH_TO_ST[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + e.nbytes],
+        }
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+class ShardWriter:
+    """Write one safetensors file: header first, then each tensor's bytes in plan order."""
+
+    def __init__(self, path: Path, entries: list[Entry], metadata: dict[str, str] | None = None):
+        self.path = path
+        self.entries = entries
+        self.sha256 = hashlib.sha256()
+        head = safetensors_header(entries, metadata)
+        self.expected = len(head) + sum(e.nbytes for e in entries)
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.written = 0
+        self._flushed = 0  # bytes handed to the kernel's writeback so far
+        self._emit(memoryview(head))
+
+    def _emit(self, data: memoryview) -> None:
+        # sha256 costs about as much CPU as the write: hash on another thread meanwhile
+        hashing = _hasher().submit(self.sha256.update, data) if data.nbytes >= 1 << 20 else None
+        try:
+            self._file.write(data)
+        except OSError as e:  # name the file: a failed write() does not (ENOSPC, EIO)
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
+        finally:
+            if hashing is not None:
+                hashing.result()
+        if hashing is None:
+            self.sha256.update(data)
+        self.written += data.nbytes
+        if self.written - self._flushed >= WRITEBACK_BYTES:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Start writing the new dirty pages to disk now, while computing goes on, instead
+        of all at the fsync in close() (the kernel waits for ~10% of RAM to be dirty).
+        Linux's POSIX_FADV_DONTNEED does that, and keeps pages that are still dirty."""
+        if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):  # a hint: write errors surface in write/close
+                n = self.written - self._flushed
+                os.posix_fadvise(self._file.fileno(), self._flushed, n, os.POSIX_FADV_DONTNEED)
+        self._flushed = self.written
+
+    def write(self, chunk: torch.Tensor) -> None:
+        if chunk.device.type != "cpu":
+            chunk = chunk.cpu()
+        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+        if self.written + data.nbytes > self.expected:
+            raise RuntimeError(f"{self.path.name}: more bytes than the plan allows")
+        self._emit(memoryview(data))
+
+    def close(self) -> str:
+        """Flush to disk and return the file's sha256; the byte count must match the plan."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
+        finally:
+            self._file.close()
+        if self.written != self.expected:
+            raise RuntimeError(f"{self.path.name}: wrote {self.written} of {self.expected} bytes")
+        return self.sha256.hexdigest()
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):  # buffered bytes may not fit either (ENOSPC)
+            self._file.close()
+
+
+@functools.cache
+def _hasher() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="hyperclone-sha256")
+
+
+def finish_shard(sw: ShardWriter) -> ShardResult:
+    """Close a shard, then read its header back: what the disk kept must be what we wrote."""
+    digest = sw.close()
+    check_written_shard(sw.path, sw.entries, sw.expected)
+    return ShardResult(sw.path.name, sw.expected, digest)
+
+
+def check_written_shard(path: Path, entries: list[Entry], expected_size: int) -> None:
+    """Re-read a written shard's header with the safetensors library and compare to the plan."""
+    from safetensors import safe_open
+
+    def bad(what: str) -> HypercloneError:
+        return HypercloneError(
+            f"{path.name}: the shard just written {what}; the disk or file system lost data, "
+            "so nothing was kept; check the disk and rerun",
+            code=EXIT_IO,
+        )
+
+    size = path.stat().st_size
+    if size != expected_size:
+        raise bad(f"has {size} bytes where {expected_size} were written")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            if names != {e.name for e in entries}:
+                raise bad("holds other tensors than planned")
+            shapes = {e.name: list(f.get_slice(e.name).get_shape()) for e in entries}
+    except HypercloneError:
+        raise
+    except Exception as e:  # the library's own error types differ between releases
+        raise bad(f"does not parse ({' '.join(str(e).split())[:120]})") from e
+    wrong = [e.name for e in entries if shapes[e.name] != list(e.shape)]
+    if wrong:
+        raise bad(f"has the wrong shape for {wrong[0]}")
+
+
+class BackgroundWriter:
+    """Shards written on a thread of their own while the caller computes the next chunks.
+
+        with BackgroundWriter(out_dir, pooled=True) as w:
+            w.start_shard(file, entries); w.write(chunk) ...; w.end_shard()
+            results = w.finish()
+
+    At most WRITER_DEPTH chunks wait for the disk. A failure in the thread is raised in the
+    caller's next call; leaving the block by an exception drops the queued chunks and
+    closes the open files (the caller removes them)."""
+
+    def __init__(self, out_dir: Path, *, pooled: bool, progress: ProgressFn | None = None):
+        self._dir = out_dir
+        self._progress = progress
+        self._q: queue.Queue = queue.Queue(maxsize=WRITER_DEPTH)
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._opened: list[ShardWriter] = []
+        self._results: list[ShardResult] = []
+        self._thread = threading.Thread(target=self._run, name="hyperclone-writer", daemon=True)
+        self._thread.start()
+        self._pool = _BufferPool(BUFFER_COUNT, CHUNK_BYTES, self._check) if pooled else None
+
+    @property
+    def alloc(self) -> Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None:
+        """Where the caller should put the chunks it computes (None: allocate as usual)."""
+        return self._pool.take if self._pool is not None else None
+
+    def start_shard(self, file: str, entries: list[Entry]) -> None:
+        self._opened.append(ShardWriter(self._dir / file, entries, {"format": "pt"}))
+
+    def write(self, chunk: torch.Tensor) -> None:
+        self._submit(lambda sw=self._opened[-1]: self._write(sw, chunk))
+
+    def end_shard(self) -> None:
+        self._submit(lambda sw=self._opened[-1]: self._results.append(finish_shard(sw)))
+
+    def finish(self) -> list[ShardResult]:
+        """Wait for every chunk to be on disk; the shards' sizes and hashes, in order."""
+        self._q.put(None)
+        self._thread.join()
+        self._check()
+        return self._results
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._cancel()
+            for sw in self._opened:
+                sw.abort()
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if self._error is None and not self._cancelled:
+                try:
+                    job()
+                except BaseException as e:  # re-raised in the caller's thread
+                    self._error = e
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        self._check()
+        self._q.put(job)
+
+    def _check(self) -> None:
+        """Re-raise, in the calling thread, what made the writer thread fail."""
+        if self._error is not None:
+            raise self._error
+
+    def _cancel(self) -> None:
+        """Drop queued chunks and wait only for the one being written (after Ctrl-C, ENOSPC)."""
+        self._cancelled = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._q.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self._q.put_nowait(None)
+        self._thread.join()
+
+    def _write(self, sw: ShardWriter, chunk: torch.Tensor) -> None:
+        try:
+            sw.write(chunk)
+        finally:
+            if self._pool is not None:
+                self._pool.give(chunk)
+        if self._progress is not None:
+            self._progress(chunk.numel() * chunk.element_size())
+
+
+class _BufferPool:
+    """Chunk memory reused round-robin: a written chunk's buffer holds a later one, so its
+    pages are not faulted in and zeroed again for every chunk (a sixth of expand's CPU
+    time), and the memory in flight is bounded. Larger chunks get memory of their own."""
+
+    def __init__(self, count: int, nbytes: int, check: Callable[[], None]) -> None:
+        self._nbytes = nbytes
+        self._check = check
+        self._free: queue.Queue = queue.Queue()
+        self._owner: dict[int, torch.Tensor] = {}
+        for _ in range(count):
+            buf = torch.empty(nbytes, dtype=torch.uint8)  # pages arrive on first use
+            self._owner[buf.data_ptr()] = buf
+            self._free.put(buf)
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape) * dtype.itemsize
+        if n > self._nbytes:
+            return torch.empty(shape, dtype=dtype)
+        while True:  # the writer hands buffers back; if it failed, say why instead of waiting
+            try:
+                buf = self._free.get(timeout=0.2)
+                break
+            except queue.Empty:
+                self._check()
+        return buf[:n].view(dtype).view(shape)
+
+    def give(self, chunk: torch.Tensor) -> None:
+        buf = self._owner.get(chunk.untyped_storage().data_ptr())
+        if buf is not None:
+            self._free.put(buf)
