@@ -13,7 +13,7 @@ random initialisation of the same target architecture, on a CPU-sized problem.
    by steps to reach the random control's final loss. The winning shape is applied to
    every arm; each arm picks its peak from the same LR sweep on seed 0 (random controls by
    final loss, grown arms by steps to target), then runs that choice on every seed.
-5. The small model is also trained for half as long (every seed), to see how the speed-up
+5. The small model is also trained twice as long (every seed), to see how the speed-up
    moves with how well trained the small model is.
 6. Write results.json (every curve), headline.md and the figures into --out.
 
@@ -80,7 +80,7 @@ QUICK_ARMS = [
 # the LR the small model ended with (its cosine floor), instead of at zero.
 SHAPES = {
     "base": {"warmup": "as_random", "warmup_start": 0.0, "label": "warm-up from 0, as random"},
-    "short-warmup": {"warmup": 20, "warmup_start": 0.0, "label": "short warm-up 20 from 0"},
+    "short-warmup": {"warmup": "short", "warmup_start": 0.0, "label": "short warm-up from 0"},
     "no-warmup": {"warmup": 0, "warmup_start": 0.0, "label": "no warm-up"},
     "rewarm": {
         "warmup": "as_random",
@@ -90,31 +90,33 @@ SHAPES = {
 }
 
 # The default (make speedup): sized for <= 45 min on an idle 2-core CPU (2 workers x 1 thread).
+# The small model trains as many steps as each large model (as in the first version of this
+# experiment); the small-length study grows it also after twice as many (alt_small_steps).
 FULL = dict(
     vocab=1024,
     seq=128,
     batch=16,
     seeds=[0, 1, 2],
-    small_steps=640,
-    short_small_steps=320,
+    small_steps=320,
+    alt_small_steps=640,
     small_lr=3e-3,
-    small_warmup=50,
+    small_warmup=40,
     small_min_ratio=0.1,
     wide_steps=320,
     lrs=[1e-3, 3e-3],
     warmup=40,
-    shapes=["base", "no-warmup", "rewarm"],
+    shapes=["base", "short-warmup", "no-warmup", "rewarm"],
     schedule_arm="width-3dB",
     eval_every=20,
     eval_windows=128,
     verify=True,
 )
 # --large: the budget of the first version of this experiment (800 steps per large model),
-# small model trained 2x as long; ~2.5x the compute of FULL (meant for --device cuda).
+# ~2.5x the compute of FULL (meant for --device cuda).
 LARGE = dict(
     FULL,
-    small_steps=1600,
-    short_small_steps=800,
+    small_steps=800,
+    alt_small_steps=1600,
     small_warmup=100,
     wide_steps=800,
     warmup=100,
@@ -125,7 +127,7 @@ QUICK = dict(
     FULL,
     seeds=[0],
     small_steps=60,
-    short_small_steps=30,
+    alt_small_steps=30,
     small_warmup=10,
     wide_steps=40,
     lrs=[3e-3],
@@ -155,7 +157,9 @@ def parse_args(argv=None):
     )
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--small-steps", type=int)
-    p.add_argument("--short-small-steps", type=int, help="0: skip the small-length study")
+    p.add_argument(
+        "--alt-small-steps", type=int, help="the small model of the small-length study (0: skip it)"
+    )
     p.add_argument("--small-lr", type=float)
     p.add_argument("--wide-steps", type=int)
     p.add_argument("--lrs", type=float, nargs="+", help="peak-LR sweep, same for every arm")
@@ -233,6 +237,12 @@ ARCH_KEYS = (
 def arch_of(config) -> dict:
     d = config.to_dict()
     return {k: d[k] for k in ARCH_KEYS if k in d}
+
+
+def target_name(st: dict) -> str:
+    """A name for an architecture, the same in every run (results of runs can be merged)."""
+    name = f"L{st['layers']}-H{st['hidden']}-F{st['intermediate']}"
+    return name + (f"-E{st['experts']}k{st['top_k']}" if st["experts"] > 1 else "")
 
 
 def fmt_lr(lr: float) -> str:
@@ -315,8 +325,8 @@ class Experiment:
             key = json.dumps(arch_of(conf), sort_keys=True)
             target = self.targets.get(key)
             if target is None:
-                tname = f"T{len(self.targets) + 1}"
                 st = L.model_stats(conf, seq)
+                tname = target_name(st)
                 target = {"name": tname, "config_dir": dst, "arch": arch_of(conf), "stats": st}
                 self.targets[key] = target
             factor = conf.hidden_size // self.small_cfg.hidden_size
@@ -395,7 +405,9 @@ class Experiment:
         start = sh["warmup_start"]
         if start == "small_final":  # where the small model's cosine ended
             start = self.cfg["small_lr"] * self.cfg["small_min_ratio"]
-        warmup = self.cfg["warmup"] if sh["warmup"] == "as_random" else sh["warmup"]
+        warmup = {"as_random": self.cfg["warmup"], "short": max(1, self.cfg["warmup"] // 5)}.get(
+            sh["warmup"], sh["warmup"]
+        )
         g = self.grown[(arm, seed, small_steps)]
         return dict(
             self.common(),
@@ -455,7 +467,7 @@ class Experiment:
 
     def advance(self) -> None:
         cfg, s0 = self.cfg, self.s0
-        long_n, short_n = cfg["small_steps"], cfg["short_small_steps"]
+        main_n, alt_n = cfg["small_steps"], cfg["alt_small_steps"]
         lrs = cfg["lrs"]
         sarm = cfg["schedule_arm"]
         # random controls: seed-0 sweep -> choice by final loss -> other seeds
@@ -473,14 +485,14 @@ class Experiment:
                 for s in self.seeds[1:]:
                     self.enqueue((4,), self.random_job(t, s, self.random_choice[t]))
         # schedule study: every shape x every peak, seed 0, the schedule arm
-        if (sarm, s0, long_n) in self.grown:
+        if (sarm, s0, main_n) in self.grown:
             for shape in cfg["shapes"]:
                 for lr in lrs:
-                    self.enqueue((2,), self.grown_job(sarm, s0, long_n, shape, lr))
+                    self.enqueue((2,), self.grown_job(sarm, s0, main_n, shape, lr))
         if self.winner is None and sarm in self.arms:
             tgt = self.random_final(self.arms[sarm]["target"], s0)
             ids = [
-                f"grown/{sarm}/s{s0}/n{long_n}/{sh}/lr{fmt_lr(lr)}"
+                f"grown/{sarm}/s{s0}/n{main_n}/{sh}/lr{fmt_lr(lr)}"
                 for sh in cfg["shapes"]
                 for lr in lrs
             ]
@@ -491,13 +503,13 @@ class Experiment:
         # every arm: the winning shape at each peak of the sweep (seed 0) -> choice -> seeds
         if self.winner is not None:
             for name in self.arms:
-                if (name, s0, long_n) in self.grown:
+                if (name, s0, main_n) in self.grown:
                     for lr in lrs:
-                        self.enqueue((3,), self.grown_job(name, s0, long_n, self.winner, lr))
+                        self.enqueue((3,), self.grown_job(name, s0, main_n, self.winner, lr))
                 if name in self.arm_choice:
                     continue
                 tgt = self.random_final(self.arms[name]["target"], s0)
-                ids = [f"grown/{name}/s{s0}/n{long_n}/{self.winner}/lr{fmt_lr(lr)}" for lr in lrs]
+                ids = [f"grown/{name}/s{s0}/n{main_n}/{self.winner}/lr{fmt_lr(lr)}" for lr in lrs]
                 if tgt is not None and all(i in self.runs for i in ids):
                     best = min(ids, key=lambda i: self.score(self.runs[i]["curve"], tgt))
                     lr = self.runs[best]["job"]["lr"]
@@ -505,12 +517,12 @@ class Experiment:
                     self.log(f"arm {name}: {self.winner}, peak LR {lr:g} (by steps to target)")
         for name, ch in self.arm_choice.items():
             for s in self.seeds:
-                if (name, s, long_n) in self.grown:
-                    self.enqueue((4,), self.grown_job(name, s, long_n, ch["shape"], ch["lr"]))
-            if name == sarm and short_n:
+                if (name, s, main_n) in self.grown:
+                    self.enqueue((4,), self.grown_job(name, s, main_n, ch["shape"], ch["lr"]))
+            if name == sarm and alt_n:
                 for s in self.seeds:
-                    if (name, s, short_n) in self.grown:
-                        self.enqueue((5,), self.grown_job(name, s, short_n, ch["shape"], ch["lr"]))
+                    if (name, s, alt_n) in self.grown:
+                        self.enqueue((5,), self.grown_job(name, s, alt_n, ch["shape"], ch["lr"]))
 
     def on_done(self, job: dict, curve: dict) -> None:
         self.runs[job["id"]] = {
@@ -530,9 +542,9 @@ class Experiment:
         cfg, a = self.cfg, self.a
         for s in self.seeds:
             self.enqueue((0, s), self.small_job(s, cfg["small_steps"]))
-        if cfg["short_small_steps"] and self.arms:
+        if cfg["alt_small_steps"] and self.arms:
             for s in self.seeds:
-                self.enqueue((3, s), self.small_job(s, cfg["short_small_steps"]))
+                self.enqueue((3, s), self.small_job(s, cfg["alt_small_steps"]))
         self.advance()
         ctx = mp.get_context("spawn")
         with cf.ProcessPoolExecutor(a.jobs, mp_context=ctx) as pool:

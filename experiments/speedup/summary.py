@@ -62,14 +62,14 @@ def summarise(res: dict) -> dict:
     seeds = cfg["seeds"]
     n = cfg["wide_steps"]
     ev = cfg["eval_every"]
-    long_n, short_n = cfg["small_steps"], cfg["short_small_steps"]
+    main_n, alt_n = cfg["small_steps"], cfg["alt_small_steps"]
     choices = res["choices"]
     f_small = res["small"]["stats"]["flops_per_token"]
     out: dict = {"wide_steps": n, "eval_every": ev, "seeds": seeds, "targets": {}, "arms": {}}
 
     # small models
     out["small"] = {}
-    for steps in sorted({long_n, short_n} - {0}):
+    for steps in sorted({main_n, alt_n} - {0}):
         finals = {}
         for s in seeds:
             c = _one(res, kind="small", seed=s, steps=steps)
@@ -113,14 +113,15 @@ def summarise(res: dict) -> dict:
         }
         if ch:
             for s in seeds:
-                c = _one(res, kind="grown", arm=name, seed=s, small_steps=long_n, **ch)
+                c = _one(res, kind="grown", arm=name, seed=s, small_steps=main_n, **ch)
                 tgt = out["targets"][t]["final"].get(str(s))
                 if c and tgt is not None:
-                    row["per_seed"][str(s)] = _metrics(c, tgt, n, ev, small_cost(t, long_n))
+                    row["per_seed"][str(s)] = _metrics(c, tgt, n, ev, small_cost(t, main_n))
         ps = list(row["per_seed"].values())
         for k in ("final", "gap", "speedup", "speedup_flops", "steps_to_target", "step0"):
             row[k] = _agg([p[k] for p in ps])
         row["peak_after_growth"] = _agg([p["peak_after_growth"] for p in ps])
+        row["seeds_run"] = len(ps)
         row["claim"] = claim(row, len(seeds))
         out["arms"][name] = row
 
@@ -131,11 +132,11 @@ def summarise(res: dict) -> dict:
         t = res["arms"][sarm]["target"]
         tgt = out["targets"][t]["final"].get(str(s0))
         cands = {}
-        for r in _runs(res, kind="grown", arm=sarm, seed=s0, small_steps=long_n).values():
+        for r in _runs(res, kind="grown", arm=sarm, seed=s0, small_steps=main_n).values():
             j = r["job"]
             if tgt is None:
                 continue
-            m = _metrics(r["curve"], tgt, n, ev, small_cost(t, long_n))
+            m = _metrics(r["curve"], tgt, n, ev, small_cost(t, main_n))
             cands[f"{j['shape']} @ {j['lr']:g}"] = m | {"shape": j["shape"], "lr": j["lr"]}
         out["schedule_study"] = {
             "arm": sarm,
@@ -147,10 +148,10 @@ def summarise(res: dict) -> dict:
 
     # small-length study: the schedule arm grown from a half-trained small model
     ch = choices["arms"].get(sarm)
-    if short_n and ch:
+    if alt_n and ch:
         t = res["arms"][sarm]["target"]
         study = {}
-        for steps in (short_n, long_n):
+        for steps in sorted((alt_n, main_n)):
             per = {}
             for s in seeds:
                 c = _one(res, kind="grown", arm=sarm, seed=s, small_steps=steps, **ch)
@@ -177,6 +178,8 @@ def summarise(res: dict) -> dict:
 
 def claim(row: dict, n_seeds: int) -> str:
     sp = row["speedup"]
+    if row["seeds_run"] < n_seeds:
+        return f"incomplete: {row['seeds_run']} of {n_seeds} seeds were run"
     if sp["n"] < n_seeds:
         return f"none: random's final not reached in {n_seeds - sp['n']} of {n_seeds} seeds"
     if sp["min"] >= 2:
@@ -213,11 +216,11 @@ def tables(res: dict) -> str:
     lines = []
     n = sm["wide_steps"]
     nseeds = len(sm["seeds"])
-    long_n = cfg["small_steps"]
+    main_n = cfg["small_steps"]
     lines += [
         f"Seeds {', '.join(map(str, sm['seeds']))}; every figure is the mean over seeds with "
         f"[min–max] beside it. {n} steps for every large model; small model "
-        f"{long_n} steps (final loss {_ms(sm['small'].get(str(long_n), {}), '.3f')}). "
+        f"{main_n} steps (final loss {_ms(sm['small'].get(str(main_n), {}), '.3f')}). "
         f"Device: {res['device']}.",
         "",
         "| operator | CLI growth args | params | schedule, peak LR | random init: final loss "
