@@ -28,7 +28,9 @@ from .writer import CHUNK_BYTES, BackgroundWriter, ProgressFn, ShardResult
 if TYPE_CHECKING:
     from .verify import VerifyReport
 
-NOISE_CHUNK_ELEMENTS = 1 << 24  # fixed: the noise drawn per chunk depends on it
+# noisy tensors go the float32 route with a few temporaries per chunk: smaller chunks stay
+# in cache (the noise itself is drawn per fixed row block, so the bytes do not depend on it)
+NOISE_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -149,7 +151,7 @@ def write_shards(
                     order.pop(0)
                     if order:
                         source.prefetch(order[0])  # read from disk while this one widens
-                    for chunk in clone.expand(
+                    for chunk in clone.widen(
                         w,
                         t.axes,
                         scale=t.scale,
@@ -187,7 +189,7 @@ def write_metadata(plan: Plan, source: Checkpoint, out_dir: Path) -> None:
 def _chunk_elements(t: TensorPlan, device: torch.device) -> int:
     """How much of a target tensor to compute at a time."""
     if t.noise:
-        return NOISE_CHUNK_ELEMENTS  # noise is drawn per chunk: part of the seeded bytes
+        return NOISE_CHUNK_ELEMENTS
     if device.type != "cpu":
         # one chunk per tensor: one device-to-host copy per tensor (device memory holds a
         # target tensor easily; the host still sees only that tensor)

@@ -17,6 +17,7 @@ from .clone import AxisMap, identity_map, interleave_map, tile_map
 from .errors import HypercloneError
 from .families import IN, OUT, Dims, Family, Role, family_for
 from .families.base import head as head_role
+from .noise import NOISE_VERSION
 from .recipe import Recipe
 from .writer import Entry
 
@@ -105,6 +106,7 @@ class Plan:
             "kv_heads": r.kv_heads,
             "layout": r.layout,
             "noise_snr_db": r.noise,
+            "noise_generator": NOISE_VERSION if r.noise is not None else None,
             "seed": r.seed,
             "tie": self.tie,
         }

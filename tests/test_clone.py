@@ -8,11 +8,11 @@ from hyperclone_cli.clone import (
     AxisMap,
     Noise,
     copy_rank,
-    expand_full,
     identity_map,
     interleave_map,
     multiplicity,
     tile_map,
+    widen_full,
 )
 
 
@@ -32,25 +32,25 @@ def test_maps():
 
 
 def test_input_only_divides_columns():
-    got = expand_full(W, (axis(identity_map(2), OUT), axis(tile_map(2, 2), IN)))
+    got = widen_full(W, (axis(identity_map(2), OUT), axis(tile_map(2, 2), IN)))
     assert torch.equal(got, torch.tensor([[0.5, 1.0, 0.5, 1.0], [1.5, 2.0, 1.5, 2.0]]))
 
 
 def test_output_only_repeats_rows_and_bias():
-    got = expand_full(W, (axis(tile_map(2, 2), OUT), axis(identity_map(2), IN)))
+    got = widen_full(W, (axis(tile_map(2, 2), OUT), axis(identity_map(2), IN)))
     assert torch.equal(got, torch.cat([W, W]))
     b = torch.tensor([5.0, 6.0])
-    assert torch.equal(expand_full(b, (axis(tile_map(2, 2), OUT),)), torch.tensor([5.0, 6, 5, 6]))
+    assert torch.equal(widen_full(b, (axis(tile_map(2, 2), OUT),)), torch.tensor([5.0, 6, 5, 6]))
 
 
 def test_both_sides_symmetric_grid():
-    got = expand_full(W, (axis(tile_map(2, 2), OUT), axis(tile_map(2, 2), IN)))
+    got = widen_full(W, (axis(tile_map(2, 2), OUT), axis(tile_map(2, 2), IN)))
     half = W / 2
     assert torch.equal(got, torch.cat([torch.cat([half, half], 1)] * 2))
 
 
 def test_both_sides_diagonal():
-    got = expand_full(W, (axis(tile_map(2, 2), OUT), axis(tile_map(2, 2), IN)), diagonal=True)
+    got = widen_full(W, (axis(tile_map(2, 2), OUT), axis(tile_map(2, 2), IN)), diagonal=True)
     z = torch.zeros_like(W)
     assert torch.equal(got, torch.cat([torch.cat([W, z], 1), torch.cat([z, W], 1)]))
 
@@ -60,7 +60,7 @@ def test_cloned_input_gives_cloned_output():
     w, x = torch.randn(5, 3), torch.randn(3)
     for n in (2, 3, 4):
         for diagonal in (False, True):
-            wide = expand_full(
+            wide = widen_full(
                 w, (axis(tile_map(5, n), OUT), axis(tile_map(3, n), IN)), diagonal=diagonal
             )
             torch.testing.assert_close(wide @ x.repeat(n), (w @ x).repeat(n))
@@ -71,8 +71,8 @@ def test_noise_cancels_and_breaks_symmetry():
     w, x = torch.randn(6, 4), torch.randn(4)
     for n in (2, 3):
         axes = (axis(tile_map(6, n), OUT), axis(tile_map(4, n), IN))
-        wide = expand_full(w, axes, noise=Noise(10.0, 0), tensor_seed=7)
-        clean = expand_full(w, axes)
+        wide = widen_full(w, axes, noise=Noise(10.0, 0), tensor_seed=7)
+        clean = widen_full(w, axes)
         assert not torch.equal(wide, clean)
         torch.testing.assert_close(wide @ x.repeat(n), (w @ x).repeat(n), atol=1e-5, rtol=1e-5)
         rows = wide.view(n, 6, n * 4)
@@ -85,25 +85,25 @@ def test_noise_cancels_and_breaks_symmetry():
 def test_noise_is_seeded():
     w = torch.randn(4, 4)
     axes = (axis(tile_map(4, 2), OUT), axis(tile_map(4, 2), IN))
-    a = expand_full(w, axes, noise=Noise(10.0, 0), tensor_seed=1)
-    b = expand_full(w, axes, noise=Noise(10.0, 0), tensor_seed=1)
-    c = expand_full(w, axes, noise=Noise(10.0, 0), tensor_seed=2)
+    a = widen_full(w, axes, noise=Noise(10.0, 0), tensor_seed=1)
+    b = widen_full(w, axes, noise=Noise(10.0, 0), tensor_seed=1)
+    c = widen_full(w, axes, noise=Noise(10.0, 0), tensor_seed=2)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_chunking_does_not_change_bytes():
     w = torch.randn(37, 11)
     axes = (axis(tile_map(37, 2), OUT), axis(tile_map(11, 2), IN))
-    whole = expand_full(w, axes, noise=Noise(20.0, 0), tensor_seed=3)
-    again = expand_full(w, axes, noise=Noise(20.0, 0), tensor_seed=3)
-    chunked = expand_full(w, axes, max_chunk_elements=22 * 5)
+    whole = widen_full(w, axes, noise=Noise(20.0, 0), tensor_seed=3)
+    again = widen_full(w, axes, noise=Noise(20.0, 0), tensor_seed=3)
+    chunked = widen_full(w, axes, max_chunk_elements=22 * 5)
     assert torch.equal(whole, again)
-    assert torch.equal(chunked, expand_full(w, axes))
+    assert torch.equal(chunked, widen_full(w, axes))
 
 
 def test_scale_and_offset_norm():
     g = torch.tensor([0.5, -0.25])  # Gemma-style: gain is (1 + g)
-    got = expand_full(g, (axis(tile_map(2, 2), OUT),), scale=0.5, offset=1.0)
+    got = widen_full(g, (axis(tile_map(2, 2), OUT),), scale=0.5, offset=1.0)
     torch.testing.assert_close(1 + got, (1 + g).repeat(2) * 0.5)
 
 
@@ -120,6 +120,6 @@ def test_kv_keep_interleave_keeps_grouping():
 def test_bfloat16_rounds_once():
     w = torch.randn(8, 8).to(torch.bfloat16)
     axes = (axis(tile_map(8, 3), OUT), axis(tile_map(8, 3), IN))
-    got = expand_full(w, axes)
+    got = widen_full(w, axes)
     assert got.dtype == torch.bfloat16
     assert torch.equal(got[:8, :8], (w.float() / 3).to(torch.bfloat16))

@@ -1,0 +1,129 @@
+"""Noise: the same bytes for a seed at any chunking, thread count and worker count; zero
+sum over the copies of a column; the asked SNR."""
+
+import hashlib
+
+import pytest
+import torch
+
+from hyperclone_cli import noise as noise_mod
+from hyperclone_cli.clone import IN, OUT, AxisMap, Noise, interleave_map, tile_map, widen_full
+from hyperclone_cli.noise import NOISE_VERSION, NoiseStream, noise_std
+
+
+def axes_for(rows, cols, n, cols_map="tile"):
+    idx = tile_map(cols, n) if cols_map == "tile" else interleave_map(cols, n, 4)
+    return (AxisMap(tile_map(rows, n), rows, OUT), AxisMap(idx, cols, IN))
+
+
+def weights(rows=300, cols=64, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, cols, generator=g) * 0.05).to(dtype)
+
+
+def as_bytes(t):
+    return t.contiguous().view(-1).view(torch.uint8)
+
+
+CASES = [(2, "tile"), (3, "tile"), (2, "interleave"), (4, "interleave")]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n,cols_map", CASES)
+def test_chunk_size_does_not_change_bytes(dtype, n, cols_map):
+    w = weights(dtype=dtype)  # several logical noise blocks: 300·n rows of 64·n
+    axes = axes_for(300, 64, n, cols_map)
+    kw = dict(noise=Noise(10.0, 0), tensor_seed=11)
+    whole = widen_full(w, axes, **kw)
+    for chunk in (1, 64 * n * 7, 1 << 14):
+        assert torch.equal(
+            as_bytes(widen_full(w, axes, max_chunk_elements=chunk, **kw)), as_bytes(whole)
+        )
+
+
+def test_any_row_range_matches_the_whole_stream():
+    for idx, src in ((tile_map(64, 2), 64), (tile_map(64, 3), 64), (torch.tensor([0, 1, 1, 2]), 3)):
+        s = NoiseStream((2000, idx.numel()), idx, src, 0.5, tensor_seed=3)
+        whole = s.rows(0, 2000)
+        for r0, r1 in ((0, 1), (5, 1500), (1999, 2000), (1023, 1025)):
+            assert torch.equal(s.rows(r0, r1), whole[r0:r1])
+
+
+def test_thread_and_worker_count_do_not_change_bytes(monkeypatch):
+    w = weights(rows=1000, cols=96)
+    axes = axes_for(1000, 96, 2)
+    kw = dict(noise=Noise(10.0, 0), tensor_seed=4, max_chunk_elements=1 << 16)
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for t, workers in ((1, 1), (2, 1), (1, 4), (2, 8)):
+            torch.set_num_threads(t)
+            monkeypatch.setattr(noise_mod, "WORKERS", workers)
+            got.append(as_bytes(widen_full(w, axes, **kw)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(g, got[0]) for g in got)
+
+
+@pytest.mark.parametrize("n,cols_map", CASES)
+def test_zero_sum_over_the_copies_of_a_column(n, cols_map):
+    idx = axes_for(300, 64, n, cols_map)[1].idx
+    eta = NoiseStream((600, 64 * n), idx, 64, 0.1, tensor_seed=1).rows(0, 600)
+    sums = torch.zeros(600, 64).index_add_(1, idx, eta)
+    limit = 0.0 if n == 2 else 1e-7  # +η, −η cancel exactly; n draws minus their mean to rounding
+    assert sums.abs().max().item() <= limit
+    assert not torch.equal(eta[:300], eta[300:])  # fresh noise for every row block
+    w = weights(dtype=torch.float32)
+    axes = axes_for(300, 64, n, cols_map)
+    wide = widen_full(w, axes, noise=Noise(10.0, 0), tensor_seed=1)
+    x = torch.randn(64)
+    torch.testing.assert_close(wide @ x[idx], (w @ x).repeat(n), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,cols_map", CASES + [(2, "uneven")])
+def test_snr_is_the_asked_one(n, cols_map):
+    w = weights(rows=600, cols=64, dtype=torch.float32)
+    if cols_map == "uneven":
+        idx = torch.cat([torch.arange(32), tile_map(32, 3) + 32])
+        axes = (AxisMap(tile_map(600, 2), 600, OUT), AxisMap(idx, 64, IN))
+        n = 2  # nominal factor used for the signal, as noise_std is told
+    else:
+        axes = axes_for(600, 64, n, cols_map)
+    for snr in (10.0, 20.0):
+        clean = widen_full(w, axes)
+        eta = widen_full(w, axes, noise=Noise(snr, 0), tensor_seed=2) - clean
+        if cols_map == "uneven":
+            want = (w / n).pow(2).mean() / 10 ** (snr / 10)
+            assert 0.4 < (eta.pow(2).mean() / want).item() < 1.1  # single columns get none
+            continue
+        got = 10 * torch.log10(clean.pow(2).mean() / eta.pow(2).mean()).item()
+        assert abs(got - snr) < 0.1
+
+
+def test_seed_gives_bytes():
+    w = weights()
+    axes = axes_for(300, 64, 2)
+    a = widen_full(w, axes, noise=Noise(10.0, 0), tensor_seed=1)
+    b = widen_full(w, axes, noise=Noise(10.0, 0), tensor_seed=1)
+    c = widen_full(w, axes, noise=Noise(10.0, 0), tensor_seed=2)
+    assert torch.equal(as_bytes(a), as_bytes(b)) and not torch.equal(a, c)
+
+
+def test_noise_std_is_rounded_and_order_free():
+    w = weights(rows=5000, cols=77, dtype=torch.float32)
+    std = noise_std(w, 2, 10.0)
+    want = ((w / 2).double().pow(2).mean() / 10).sqrt().item()
+    assert abs(std / want - 1) < 2**-11
+    assert noise_std(w.flip(0), 2, 10.0) == std  # summation order cannot move it
+
+
+def test_stream_is_pinned():
+    """The bytes of one small stream. If this fails, the noise stream changed (torch's
+    generator, the block layout, the seeding): bump NOISE_VERSION and update the digest."""
+    w = weights(rows=40, cols=16)
+    got = widen_full(w, axes_for(40, 16, 2), noise=Noise(10.0, 0), tensor_seed=9)
+    digest = hashlib.sha256(as_bytes(got).numpy().tobytes()).hexdigest()[:16]
+    assert (NOISE_VERSION, digest) == ("2", DIGEST)
+
+
+DIGEST = "1143064300ba630a"
