@@ -194,6 +194,7 @@ def run_cli_many(calls: list[list[str]], log, check: bool = True) -> list[tuple]
             stderr=subprocess.PIPE,
             text=True,
             env=cli_env(),
+            cwd=ROOT,  # `python -m` looks in the working directory first
         )
         for args in calls
     ]
