@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 HC     := $(VENV)/bin/hyperclone
 
-.PHONY: install demo test test-fast lint bench speedup speedup-quick speedup-gpu coverage clean
+.PHONY: install demo test test-fast lint bench bench-gpu speedup speedup-quick speedup-gpu coverage clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# speed and memory figures; the GPU section runs too where CUDA is present
 bench: install
 	$(PY) benchmarks/expand_bench.py
+
+# the GPU section alone (cpu vs cuda vs floor, same bytes), JSON into $$OUT or benchmarks/gpu/
+bench-gpu: install
+	PATH=$(VENV)/bin:$$PATH bash benchmarks/gpu_bench.sh
 
 speedup: install
 	$(PY) experiments/speedup/run.py

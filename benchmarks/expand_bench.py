@@ -10,7 +10,14 @@ each in a fresh Python process so that peak RSS is that process's own (`wait4`):
   `safetensors.torch.save_file` into the same shards; only the writes are timed;
 - the in-memory way: `from_pretrained` the source, `from_config` the wide model, copy tiled
   weights in, `save_pretrained` (time and peak RSS);
-- `verify` of the result, full and streamed (time and peak RSS).
+- `verify` of the result, full and streamed (time and peak RSS);
+- noise against plain: `expand --no-verify --noise 10 --seed 1` (time);
+- verification on against off: the default `expand` (streamed verification) against
+  `--no-verify` (time and peak RSS);
+- start-up: the wall time of `hyperclone --help` (a fresh interpreter each time);
+- a GPU section, when CUDA is present (or with `--gpu`): `--device cpu` against
+  `--device cuda` against the floor, plain and with noise, and whether the shards' sha256
+  are the same on both devices (`benchmarks/gpu_bench.sh` runs it alone on a GPU machine).
 
 Both expand and the floor fsync every shard, so both times include getting the bytes to
 disk. The source is evicted from the page cache before expand (`--warm` keeps it), so
@@ -18,6 +25,7 @@ expand also pays for reading it. Timings on a shared machine are noisy: expand a
 run `--repeat` times, interleaved, and the best of each is compared.
 
     python benchmarks/expand_bench.py [--sizes small,large] [--quick] [--out FILE]
+    python benchmarks/expand_bench.py --gpu-only --sizes gpu --out FILE   # the GPU section
 
 Prints one JSON document (and writes it to --out).
 """
@@ -65,7 +73,19 @@ SIZES = {
         src_shard="250MB",
         dst_shard="1GB",
     ),  # fmt: skip
+    # the 672M-parameter Llama of the GPU figures in the README (4.85 GB at x2)
+    "gpu": dict(
+        hidden=2048,
+        ffn=5632,
+        layers=12,
+        heads=16,
+        kv=4,
+        vocab=32000,
+        src_shard="2GB",
+        dst_shard="2GB",
+    ),  # fmt: skip
 }
+NOISE = ["--noise", "10", "--seed", "1"]
 
 
 # --------------------------------------------------------------------------- children
@@ -194,7 +214,7 @@ def child_in_memory(src: str, dst: str, shard: str) -> dict:
 def child_verify(src: str, dst: str, streamed: bool) -> dict:
     import torch
 
-    from hyperclone_cli.verify import verify
+    from hyperclone_cli.verification import verify
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     start = time.perf_counter()
@@ -209,6 +229,18 @@ def child_imports() -> dict:
     import hyperclone_cli.pipeline  # noqa: F401
 
     return {}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def _fsync(path: str) -> None:
@@ -231,8 +263,9 @@ CHILDREN = {
 # --------------------------------------------------------------------------- parent
 
 
-def run(cmd: list[str], log: Path) -> dict:
-    """Run a process to the end; its stdout's last JSON line, wall time and peak RSS."""
+def run(cmd: list[str], log: Path, raw: bool = False) -> dict:
+    """Run a process to the end; its stdout's last JSON line (`raw`: its text), wall time
+    and peak RSS."""
     start = time.perf_counter()
     with open(log, "ab") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
@@ -245,6 +278,8 @@ def run(cmd: list[str], log: Path) -> dict:
         tail = log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{' '.join(cmd[:4])} … exited {proc.returncode}:\n{tail}")
     text = out.decode().strip()
+    if raw:
+        return {"result": text, "wall": wall, "peak_rss": usage.ru_maxrss * 1024}
     try:
         result = json.loads(text)  # the CLI prints one (pretty) JSON document
     except json.JSONDecodeError:
@@ -277,7 +312,8 @@ def bench_size(name: str, size: dict, work: Path, args: argparse.Namespace) -> d
     hc = [sys.executable, "-m", "hyperclone_cli", "expand", str(src)]
     flags = ["--factor", str(FACTOR), "--no-verify", "--shard-size", size["dst_shard"], "--json"]
 
-    expand_runs, floor_runs = [], []
+    expand_runs, floor_runs, noise_runs, verify_on_runs = [], [], [], []
+    verified_flags = [f for f in flags if f != "--no-verify"]
     for r in range(args.repeat):
         dst = out if r == 0 else work / f"{name}-again"
         if not args.warm:
@@ -289,6 +325,16 @@ def bench_size(name: str, size: dict, work: Path, args: argparse.Namespace) -> d
         say(f"[{name}] floor, run {r + 1}/{args.repeat}")
         floor_runs.append(run(child("floor", str(out), str(work / f"{name}-floor")), log))
         shutil.rmtree(work / f"{name}-floor")
+        if not args.warm:
+            evict(src)
+        say(f"[{name}] expand with noise, run {r + 1}/{args.repeat}")
+        noise_runs.append(run([*hc, str(work / f"{name}-noise"), *flags, *NOISE], log))
+        shutil.rmtree(work / f"{name}-noise")
+        if not args.warm:
+            evict(src)
+        say(f"[{name}] expand with verification, run {r + 1}/{args.repeat}")
+        verify_on_runs.append(run([*hc, str(work / f"{name}-verified"), *verified_flags], log))
+        shutil.rmtree(work / f"{name}-verified")
     floor = floor_runs[0]["result"]
 
     say(f"[{name}] in-memory baseline")
@@ -311,7 +357,10 @@ def bench_size(name: str, size: dict, work: Path, args: argparse.Namespace) -> d
 
     e_secs = [x["result"]["seconds"] for x in expand_runs]
     f_secs = [x["result"]["seconds"] for x in floor_runs]
+    n_secs = [x["result"]["seconds"] for x in noise_runs]
+    v_secs = [x["result"]["seconds"] for x in verify_on_runs]
     e_rss = max(x["peak_rss"] for x in expand_runs)
+    v_rss = max(x["peak_rss"] for x in verify_on_runs)
     largest = floor["largest_tensor_bytes"]
     rss_limit = 1.5 * largest + 400 * MB
     time_ratio = min(e_secs) / min(f_secs)
@@ -342,7 +391,22 @@ def bench_size(name: str, size: dict, work: Path, args: argparse.Namespace) -> d
             "peak_rss_mb": mb(mem["peak_rss"]),
         },
         "verify": verify,
+        "expand_noise": {
+            "flags": " ".join(NOISE),
+            "seconds": round(min(n_secs), 4),
+            "seconds_runs": [round(x, 4) for x in n_secs],
+            "peak_rss_mb": mb(max(x["peak_rss"] for x in noise_runs)),
+        },
+        "expand_verified": {
+            "mode": verify_on_runs[0]["result"].get("verify", {}).get("mode"),
+            "seconds": round(min(v_secs), 4),
+            "seconds_runs": [round(x, 4) for x in v_secs],
+            "peak_rss_mb": mb(v_rss),
+        },
         "ratios": {
+            "noise_time_over_plain": round(min(n_secs) / min(e_secs), 3),
+            "verified_time_over_no_verify": round(min(v_secs) / min(e_secs), 3),
+            "verified_rss_over_no_verify": round(v_rss / e_rss, 3),
             "expand_time_over_floor": round(time_ratio, 3),
             "expand_time_over_floor_median": round(
                 statistics.median(e_secs) / statistics.median(f_secs), 3
@@ -355,12 +419,173 @@ def bench_size(name: str, size: dict, work: Path, args: argparse.Namespace) -> d
             ),
         },
         "targets": {
+            "noise_le_1.15x_plain": min(n_secs) <= 1.15 * min(e_secs),
+            "verified_time_le_2x_no_verify": min(v_secs) <= 2 * min(e_secs),
+            "verified_rss_le_1.5x_no_verify": v_rss <= 1.5 * e_rss,
             "expand_time_le_1.3x_floor": time_ratio <= 1.3,
             "expand_rss_le_1.5x_largest_plus_400mb": e_rss <= rss_limit,
             "expand_rss_limit_mb": mb(rss_limit),
             "in_memory_rss_ge_5x_expand": mem["peak_rss"] >= 5 * e_rss,
         },
     }
+
+
+def bench_startup(work: Path, repeat: int = 5) -> dict:
+    """Wall time of `hyperclone --help` and of a bare interpreter, best of `repeat`."""
+    log = work / "stderr.log"
+    helps = [run([sys.executable, "-m", "hyperclone_cli", "--help"], log, raw=True)["wall"]
+             for _ in range(repeat)]  # fmt: skip
+    bare = [run([sys.executable, "-c", "pass"], log, raw=True)["wall"] for _ in range(repeat)]
+    return {
+        "help_seconds": round(min(helps), 3),
+        "help_seconds_runs": [round(x, 3) for x in helps],
+        "python_seconds": round(min(bare), 3),
+    }
+
+
+def bench_gpu(name: str, size: dict, work: Path, args: argparse.Namespace) -> dict:
+    """`--device cpu` against `--device cuda` against the floor, plain and with noise, and
+    whether both devices wrote the same bytes (each shard's sha256, from `--json`). Without
+    CUDA only the CPU half runs (a smoke test of this section)."""
+    from hyperclone_cli.pipeline import expand_device
+
+    log = work / "stderr.log"
+    src = work / f"gpu-{name}-src"
+    say(f"[gpu {name}] building the source checkpoint")
+    source = run(child("build", str(src), size), log)["result"]
+    hc = [sys.executable, "-m", "hyperclone_cli", "expand", str(src)]
+    flags = ["--factor", str(FACTOR), "--no-verify", "--shard-size", size["dst_shard"], "--json"]
+    cuda = _cuda()
+    jobs = {
+        "cpu": ["--device", "cpu"],
+        "cuda": ["--device", "cuda"],
+        "cpu_noise": ["--device", "cpu", *NOISE],
+        "cuda_noise": ["--device", "cuda", *NOISE],
+    }
+    if not cuda:
+        jobs = {k: v for k, v in jobs.items() if not k.startswith("cuda")}
+    runs: dict[str, list] = {k: [] for k in [*jobs, "floor"]}
+    digests: dict[str, list] = {}
+    errors: dict[str, str] = {}  # a failed job is reported, and the others still run
+    kept = work / f"gpu-{name}-cpu"
+    for r in range(args.repeat):
+        for job, extra in jobs.items():
+            if job in errors:
+                continue
+            dst = work / f"gpu-{name}-{job}"
+            if not args.warm:
+                evict(src)
+            say(f"[gpu {name}] expand {job}, run {r + 1}/{args.repeat}")
+            try:
+                x = run([*hc, str(dst), *flags, *extra], log)
+            except RuntimeError as e:
+                if job == "cpu":
+                    raise
+                errors[job] = str(e)[-3000:]
+                shutil.rmtree(dst, ignore_errors=True)
+                continue
+            runs[job].append(x)
+            say(f"[gpu {name}] {job}: {x['result']['seconds']} s, device {x['result']['device']}")
+            digests.setdefault(job, [s["sha256"] for s in x["result"]["shards"]])
+            if dst != kept:
+                shutil.rmtree(dst)
+        say(f"[gpu {name}] floor, run {r + 1}/{args.repeat}")
+        runs["floor"].append(run(child("floor", str(kept), str(work / f"gpu-{name}-floor")), log))
+        say(f"[gpu {name}] floor: {runs['floor'][-1]['result']['seconds']:.3f} s")
+        shutil.rmtree(work / f"gpu-{name}-floor")
+        if r < args.repeat - 1:
+            shutil.rmtree(kept)
+    checked = None
+    if cuda:
+        say(f"[gpu {name}] verify on cuda (streamed, the default)")
+        verify = [sys.executable, "-m", "hyperclone_cli", "verify", str(src), str(kept)]
+        try:
+            x = run([*verify, "--device", "cuda", "--json"], log)
+            checked = {
+                "wall_seconds": round(x["wall"], 3),
+                "peak_rss_mb": mb(x["peak_rss"]),
+                "mode": x["result"]["mode"],
+                "passed": x["result"]["passed"],
+            }
+        except RuntimeError as e:
+            errors["verify_cuda"] = str(e)[-3000:]
+        if args.profile and "cuda" not in errors:
+            say(f"[gpu {name}] expand cuda under cProfile")
+            errors |= profile_expand([*hc, str(work / "profiled"), *flags, "--device", "cuda"],
+                                     Path(args.profile), log)  # fmt: skip
+    target_bytes = runs["floor"][0]["result"]["bytes"]
+    shutil.rmtree(kept)
+    shutil.rmtree(src)
+
+    best = {job: min(x["result"]["seconds"] for x in xs) for job, xs in runs.items() if xs}
+    section = {
+        "cuda": cuda,
+        "errors": errors,
+        "source": {**source, "bytes_mb": mb(source["bytes"])},
+        "target_bytes_mb": mb(target_bytes),
+        "seconds": {job: round(t, 3) for job, t in best.items()},
+        "seconds_runs": {
+            job: [round(x["result"]["seconds"], 3) for x in xs] for job, xs in runs.items()
+        },
+        "peak_rss_mb": {job: mb(max(x["peak_rss"] for x in xs)) for job, xs in runs.items()},
+        "ratios": {
+            "cpu_over_floor": round(best["cpu"] / best["floor"], 3),
+            "noise_over_plain_cpu": round(best["cpu_noise"] / best["cpu"], 3),
+        },
+    }
+    if not cuda or not {"cuda", "cuda_noise"} <= best.keys():
+        return section
+    fastest = {
+        "plain": "cuda" if best["cuda"] < best["cpu"] else "cpu",
+        "noise": "cuda" if best["cuda_noise"] < best["cpu_noise"] else "cpu",
+    }
+    auto = {"plain": expand_device("auto", False).type, "noise": expand_device("auto", True).type}
+    same = {
+        "plain": digests["cpu"] == digests["cuda"],
+        "noise": digests["cpu_noise"] == digests["cuda_noise"],
+    }
+    section["ratios"] |= {
+        "cuda_over_cpu": round(best["cuda"] / best["cpu"], 3),
+        "cuda_over_floor": round(best["cuda"] / best["floor"], 3),
+        "cuda_noise_over_cpu_noise": round(best["cuda_noise"] / best["cpu_noise"], 3),
+        "noise_over_plain_cuda": round(best["cuda_noise"] / best["cuda"], 3),
+    }
+    fastest_noise, fastest_plain = best[f"{fastest['noise']}_noise"], best[fastest["plain"]]
+    section |= {
+        "verify_cuda": checked,
+        "same_bytes_cpu_cuda": same,
+        "auto_picks": auto,
+        "fastest": fastest,
+        "targets": {
+            "cuda_le_cpu": best["cuda"] <= best["cpu"],
+            "cuda_le_1.2x_floor": best["cuda"] <= 1.2 * best["floor"],
+            "noise_le_1.15x_plain_fastest_devices": fastest_noise <= 1.15 * fastest_plain,
+            "same_bytes": all(same.values()),
+            "auto_picks_the_faster": auto == fastest,
+        },
+    }
+    return section
+
+
+def profile_expand(cmd: list[str], out_dir: Path, log: Path) -> dict:
+    """Run an expand under cProfile (its main thread): the top of its cumulative times as
+    text in `out_dir`, to see where a slow device run waits."""
+    stats = out_dir / "cuda_expand.prof"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    python, rest = cmd[0], cmd[3:]  # [python, -m, hyperclone_cli, expand, ...]
+    try:
+        run([python, "-m", "cProfile", "-o", str(stats), "-m", "hyperclone_cli", *rest], log)
+    except RuntimeError as e:
+        return {"profile": str(e)[-3000:]}
+    finally:
+        shutil.rmtree(cmd[5], ignore_errors=True)
+    import io
+    import pstats
+
+    text = io.StringIO()
+    pstats.Stats(str(stats), stream=text).sort_stats("cumulative").print_stats(40)
+    (out_dir / "cuda_expand_profile.txt").write_text(text.getvalue())
+    return {}
 
 
 def mb(n: float) -> float:
@@ -407,6 +632,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workdir", help="where to build checkpoints (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--gpu", action="store_true", help="the GPU section even without CUDA")
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU section")
+    ap.add_argument("--profile", help="GPU section: also profile a cuda expand into this dir")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("child_args", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -434,19 +662,30 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "sizes": {},
     }
+    gpu = args.gpu or args.gpu_only or _cuda()
     try:
         if not args.quick:
             imports = run(child("imports"), work / "stderr.log")
             report["machine"]["python_torch_cli_rss_mb"] = mb(imports["peak_rss"])
+        report["startup"] = bench_startup(work, 1 if args.quick else 5)
+        if gpu:
+            report["machine"]["gpu"] = _gpu_name()
+            report["gpu"] = {}
         for name in sizes:
-            report["sizes"][name] = {
-                "shape": SIZES[name],
-                **bench_size(name, SIZES[name], work, args),
-            }
+            if not args.gpu_only:
+                report["sizes"][name] = {
+                    "shape": SIZES[name],
+                    **bench_size(name, SIZES[name], work, args),
+                }
+            if gpu:
+                report["gpu"][name] = {
+                    "shape": SIZES[name],
+                    **bench_gpu(name, SIZES[name], work, args),
+                }
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if len(sizes) >= 2:
+    if len(sizes) >= 2 and not args.gpu_only:
         a, b = report["sizes"][sizes[0]], report["sizes"][sizes[-1]]
         d_rss = b["expand"]["peak_rss_mb"] - a["expand"]["peak_rss_mb"]
         d_tensor = b["target"]["largest_tensor_mb"] - a["target"]["largest_tensor_mb"]

@@ -38,14 +38,22 @@ ST_DTYPES: dict[str, torch.dtype] = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    # float8 is read (verify compares such checkpoints) but never widened: torch does no
+    # arithmetic in it, so the plan refuses it.
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
-FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)  # widenable
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; larger claims are refused unread
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+# what to do about a weight file that does not parse: it is damaged, or was cut short
+DAMAGED = "; the file is damaged or incomplete: download or copy it again"
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,6 @@ class Checkpoint:
     path: Path
     config: dict
     tensors: dict[str, TensorInfo]
-    weight_files: list[Path]
     other_files: list[Path]
     format: str  # "safetensors" or "bin"
     _bin_cache: tuple[Path, dict] | None = field(default=None, repr=False)
@@ -96,6 +103,7 @@ class Checkpoint:
         if got != info.nbytes:
             raise HypercloneError(
                 f"{info.file.name}: tensor {name} is truncated ({got} of {info.nbytes} bytes)"
+                + DAMAGED
             )
         return out.to(device, non_blocking=True) if str(device) != "cpu" else out
 
@@ -179,7 +187,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             raise HypercloneError(
                 f"{p}: not readable (permission denied); check its permissions", code=EXIT_IO
             )
-    return Checkpoint(path, config, tensors, weight_files, other, fmt)
+    return Checkpoint(path, config, tensors, other, fmt)
 
 
 def _strict_json(path: Path) -> dict:
@@ -221,7 +229,7 @@ def _shards(path: Path, index_name: str, found: list[Path]) -> list[Path]:
                 f"{index_path}: shard path {fname!r} points outside the checkpoint; refusing"
             )
         shard = path / candidate
-        if shard.resolve().parent != root:
+        if shard.resolve().parent not in (root, _hub_blobs(path)):
             raise HypercloneError(f"{index_path}: shard {fname!r} resolves outside the checkpoint")
         if not shard.is_file():
             raise HypercloneError(f"{index_path}: shard {fname} is missing")
@@ -233,6 +241,13 @@ def _shards(path: Path, index_name: str, found: list[Path]) -> list[Path]:
             f"{unlisted[0]}: weight file not listed in {index_name}; remove it or fix the index"
         )
     return sorted(shards)
+
+
+def _hub_blobs(path: Path) -> Path | None:
+    """In the hub's cache a snapshot's files are links into the repository's blobs/."""
+    if path.parent.name != "snapshots":
+        return None
+    return (path.parent.parent / "blobs").resolve()
 
 
 def _check_index(index_path: Path, tensors: dict[str, TensorInfo]) -> None:
@@ -256,18 +271,19 @@ def _check_index(index_path: Path, tensors: dict[str, TensorInfo]) -> None:
         )
 
 
-def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
+def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
     """Parse and check one safetensors header without reading any tensor data."""
     try:
         size = file.stat().st_size
         with open(file, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise HypercloneError(f"{file}: truncated safetensors file (no header)")
+                raise HypercloneError(f"{file}: truncated safetensors file (no header)" + DAMAGED)
             n = int.from_bytes(head, "little")
             if n > MAX_HEADER_BYTES or 8 + n > size:
                 raise HypercloneError(
                     f"{file}: corrupt safetensors header (claims {n} bytes, file has {size})"
+                    + DAMAGED
                 )
             raw = f.read(n)
     except OSError as e:
@@ -278,10 +294,12 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HypercloneError(f"{file}: corrupt safetensors header (not JSON: {e})") from e
+        raise HypercloneError(
+            f"{file}: corrupt safetensors header (not JSON: {e})" + DAMAGED
+        ) from e
     if not isinstance(header, dict):
-        raise HypercloneError(f"{file}: corrupt safetensors header (not an object)")
-    metadata = header.pop("__metadata__", None) or {}
+        raise HypercloneError(f"{file}: corrupt safetensors header (not an object)" + DAMAGED)
+    header.pop("__metadata__", None)  # free-form strings ("format": "pt"); nothing uses them
     data_start, data_len = 8 + n, size - 8 - n
     tensors: dict[str, TensorInfo] = {}
     spans = []
@@ -293,7 +311,7 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise HypercloneError(f"{file}: corrupt header entry for tensor {name}")
+            raise HypercloneError(f"{file}: corrupt header entry for tensor {name}" + DAMAGED)
         if dtype_name not in ST_DTYPES:
             raise HypercloneError(
                 f"{file}: tensor {name} has dtype {dtype_name}, which hyperclone cannot handle"
@@ -303,22 +321,21 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, TensorInfo], dict]:
         if not (0 <= begin <= end <= data_len) or end - begin != nbytes:
             raise HypercloneError(
                 f"{file}: tensor {name} has offsets [{begin}, {end}] that do not fit the file "
-                f"({data_len} data bytes, {nbytes} expected for its shape)"
+                f"({data_len} data bytes, {nbytes} expected for its shape)" + DAMAGED
             )
         spans.append((begin, end, name))
         tensors[name] = TensorInfo(name, dtype, shape, file, data_start + begin, nbytes)
     spans.sort()
     for (_b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:], strict=False):
         if b1 < e0:
-            raise HypercloneError(f"{file}: tensors {n0} and {n1} overlap in the file")
-    return tensors, metadata
+            raise HypercloneError(f"{file}: tensors {n0} and {n1} overlap in the file" + DAMAGED)
+    return tensors
 
 
 def _safetensors_tensors(files: list[Path]) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     for file in files:
-        found, _ = read_safetensors_header(file)
-        for name, info in found.items():
+        for name, info in read_safetensors_header(file).items():
             if name in tensors:
                 raise HypercloneError(
                     f"tensor {name} appears in both {tensors[name].file.name} and {file.name}"

@@ -193,7 +193,8 @@ def paired_noise(
     computed once per source column rather than per target column, from float32 buffers:
     mixed-dtype and strided ops are several times slower."""
     half = w.index_select(0, rows).to(work_dtype).div_(2)  # (rows, in): W/2, as the reference
-    e = stream.half(r0, r1).to(w.device)  # (rows, outer, inner)
+    # (rows, outer, inner): drawn on the CPU, so every device gets the same numbers
+    e = stream.half(r0, r1, pin=w.is_cuda).to(w.device, non_blocking=True)
     shape = (r1 - r0, 2 * w.shape[1])
     if alloc is not None:
         out = alloc(shape, out_dtype)

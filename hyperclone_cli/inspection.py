@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .checkpoint import open_checkpoint
+from .depth import describe
 from .errors import HypercloneError
 from .families import family_for
-from .pipeline import NOISE_CHUNK_ELEMENTS
-from .plan import make_plan, resolved_tie
+from .hub import resolve_source
+from .pipeline import NOISE_CHUNK_ELEMENTS, verification_mode
+from .plan import Plan, make_plan, resolved_tie
 from .recipe import Recipe, build_recipe
+from .summary import setting_rows
 from .writer import BUFFER_COUNT, CHUNK_BYTES
 
 BASELINE_RSS = 320 * 1024 * 1024  # python + torch + the CLI before any work, measured 302 MB
 POOL_BYTES = BUFFER_COUNT * CHUNK_BYTES  # expand's reused chunk buffers in flight
 NOISE_BYTES = 6 * 4 * NOISE_CHUNK_ELEMENTS  # float32 temporaries of a noisy tensor's chunks
+# verify in streamed mode: transformers' skeletons and the token batch's activations, beyond
+# the float32 weights in memory at once (calibrated on benchmarks/results.json: predicted
+# 904 / 1115 MB for measured 830 / 1108 MB)
+STREAM_OVERHEAD = 100 * 1024 * 1024
+_LAYER = re.compile(r"\.(\d+)\.")
 
 
 @dataclass
@@ -45,10 +54,15 @@ class Inspection:
 
 
 def inspect(
-    path: str | Path, factor: int | None = None, recipe: Recipe | str | Path | None = None, **kw
+    path: str | Path,
+    factor: int | None = None,
+    recipe: Recipe | str | Path | None = None,
+    revision: str | None = None,
+    **kw,
 ) -> Inspection:
-    """What is at `path`; with `factor` (or a recipe), what `expand` would produce."""
-    ckpt = open_checkpoint(path)
+    """What is at `path` (a directory, or a hub id at `revision`); with `factor` (or a
+    recipe), what `expand` would produce."""
+    ckpt = open_checkpoint(resolve_source(path, revision))
     cfg = ckpt.config
     archs = cfg.get("architectures") or []
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in ckpt.tensors.values())
@@ -71,7 +85,7 @@ def inspect(
     try:
         fam = family_for(cfg)
     except HypercloneError:
-        if factor is not None or recipe is not None:
+        if factor is not None or recipe is not None or kw.get("add_layers"):
             raise
         return info
     dims = fam.dims(cfg)
@@ -79,18 +93,18 @@ def inspect(
     info.tied = resolved_tie(cfg, fam)
     info.hidden, info.ffn, info.layers = dims.hidden, dims.ffn, dims.layers
     info.heads, info.kv_heads, info.head_dim = dims.heads, dims.kv_heads, dims.head_dim
-    if factor is None and recipe is None:
+    if factor is None and recipe is None and not kw.get("add_layers"):
         return info
 
     recipe = build_recipe(recipe, factor=factor, **kw)
     plan = make_plan(ckpt, recipe)
-    largest_src = max(t.nbytes for t in ckpt.tensors.values())
-    float32_params = 4 * (info.params + plan.target_params)
+    mode = verification_mode(recipe, info.params, plan.target_params)
+    memory = predict_peak_rss(plan, mode)
     info.expansion = {
         "factor": recipe.factor,
         "ffn_factor": recipe.ffn_multiplier,
-        "attention": recipe.attention,
-        "kv_heads_strategy": recipe.kv_heads,
+        "attention": plan.recipe.attention,  # the plan's: ALiBi or MQA may decide it
+        "kv_heads_strategy": plan.recipe.kv_heads,
         "params": plan.target_params,
         "bytes": plan.target_bytes,
         "shards": len(plan.shards),
@@ -100,14 +114,57 @@ def inspect(
         "kv_heads": plan.sizes["kv_heads"],
         "head_dim": plan.sizes["head_dim"],
         "tie": plan.tie,
+        "layers": plan.config_layers,
+        **(
+            {"add_layers": recipe.add_layers, "layer_map": describe(plan.layer_map)}
+            if plan.layer_map
+            else {}
+        ),
+        "dtype": recipe.dtype or "/".join(sorted(dtypes)),
+        "noise_snr_db": recipe.noise,
+        "seed": recipe.seed,
+        "settings": dict(setting_rows(plan)),
         "largest_tensor_bytes": plan.largest_tensor_bytes,
-        # the interpreter + one source tensor + the chunks in flight (on the benchmark's
-        # large checkpoint: measured 479 MB; predicted 479 MB, 513 MB when this counted 7
-        # buffers instead of expand's 5)
-        "predicted_peak_rss_bytes": BASELINE_RSS
-        + largest_src
-        + (NOISE_BYTES if recipe.noise is not None else POOL_BYTES),
-        "full_verify_rss_bytes": float32_params + BASELINE_RSS,
+        "verify_mode": mode,
+        "predicted_expand_rss_bytes": memory["expand"],
+        "predicted_verify_rss_bytes": memory["verify"],
+        # the whole run as configured: writing, then verifying (if on) in the same process
+        "predicted_peak_rss_bytes": max(memory["expand"], memory["verify"]),
         "notes": plan.notes,
     }
     return info
+
+
+def predict_peak_rss(plan: Plan, verify_mode: str) -> dict[str, int]:
+    """Peak resident memory of `expand` as configured, per phase: writing ("expand") and
+    verifying ("verify": 0 when `verify_mode` is "off", else "full" or "streamed")."""
+    largest_src = max(t.nbytes for t in plan.source.tensors.values())
+    # the interpreter + one source tensor + the chunks in flight (on the benchmark's large
+    # checkpoint: measured 479 MB; predicted 479 MB)
+    expand = (
+        BASELINE_RSS + largest_src + (NOISE_BYTES if plan.recipe.noise is not None else POOL_BYTES)
+    )
+    if verify_mode == "full":
+        # both models in float32; a half-precision file is cast on load, and part of its
+        # stored copy is alive at once (benchmark: predicted 2.3 / 8.4 GB, measured 2.4 / 8.6)
+        src_params = sum(t.numel for t in plan.source.tensors.values())
+        loaded = 0
+        for params, stored in (
+            (src_params, plan.source.total_bytes),
+            (plan.target_params, plan.target_bytes),
+        ):
+            loaded += 4 * params + (stored // 2 if stored < 4 * params else 0)
+        verify = BASELINE_RSS + loaded
+    elif verify_mode == "streamed":
+        # one module's weights at a time: the embedding and the head, and the largest layer
+        per_layer: Counter = Counter()
+        for t in plan.tensors:
+            m = _LAYER.search(t.name)
+            if m:
+                per_layer[m.group(1)] += t.numel
+        largest = max(t.numel for t in plan.tensors)
+        layer = max(per_layer.values(), default=0)
+        verify = BASELINE_RSS + STREAM_OVERHEAD + 4 * (2 * largest + layer)
+    else:
+        verify = 0
+    return {"expand": expand, "verify": verify}

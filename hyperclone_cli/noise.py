@@ -100,11 +100,12 @@ class NoiseStream:
         """Whether copies are `+η, −η` of one draw (n = 2 on a clean copy layout)."""
         return self.layout is not None and self.layout[1] == 2
 
-    def half(self, r0: int, r1: int) -> torch.Tensor:
+    def half(self, r0: int, r1: int, pin: bool = False) -> torch.Tensor:
         """For a paired stream: η of rows r0:r1, shape `(rows, *mid, outer, inner)`;
-        copy 0 gets `+η`, copy 1 gets `−η`."""
+        copy 0 gets `+η`, copy 1 gets `−η`. `pin`: in page-locked memory, for a GPU to
+        copy without waiting."""
         outer, _, inner = self.layout
-        return self._draw(r0, r1, (outer, inner))
+        return self._draw(r0, r1, (outer, inner), pin)
 
     def rows(self, r0: int, r1: int) -> torch.Tensor:
         """η for rows r0:r1 in the full layout `(rows, *mid, in)`, float32, on the CPU."""
@@ -121,12 +122,13 @@ class NoiseStream:
         n = max(self.factor, 2)
         return zero_sum_over_copies(x, self.idx, self.source_size) * math.sqrt(n / (n - 1))
 
-    def _draw(self, r0: int, r1: int, per_row: tuple[int, ...]) -> torch.Tensor:
+    def _draw(self, r0: int, r1: int, per_row: tuple[int, ...], pin: bool = False) -> torch.Tensor:
         """Normal draws (std `self.std`) for rows r0:r1: whole logical blocks, in parallel."""
         br = self.block_rows
         b0, b1 = r0 // br, -(-r1 // br)
         lo, hi = b0 * br, min(b1 * br, self.shape[0])
-        out = torch.empty((hi - lo, *self.shape[1:-1], *per_row), dtype=torch.float32)
+        shape = (hi - lo, *self.shape[1:-1], *per_row)
+        out = torch.empty(shape, dtype=torch.float32, pin_memory=pin)
 
         def fill(b: int) -> None:
             g = torch.Generator().manual_seed(_block_seed(self.seed, b))

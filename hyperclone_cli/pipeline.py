@@ -15,18 +15,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import clone
+from . import clone, depth
 from .checkpoint import Checkpoint, open_checkpoint
 from .clone import Noise
+from .depth import describe
 from .errors import HypercloneError
+from .hub import resolve_source
 from .modelcard import model_card
 from .plan import Plan, TensorPlan, make_plan
 from .recipe import Recipe, build_recipe
 from .staging import check_destination, staged_output
+from .summary import result_rows, setting_rows
 from .writer import CHUNK_BYTES, BackgroundWriter, ProgressFn, ShardResult
 
 if TYPE_CHECKING:
-    from .verify import VerifyReport
+    from .verification import VerifyReport
 
 # noisy tensors go the float32 route with a few temporaries per chunk: smaller chunks stay
 # in cache (the noise itself is drawn per fixed row block, so the bytes do not depend on it)
@@ -45,13 +48,20 @@ class ExpandResult:
     verification: VerifyReport | None = None
 
     def summary(self) -> dict:
-        p = self.plan
+        p, r = self.plan, self.plan.recipe
         out = {
             "destination": str(self.destination),
+            "source": p.provenance()["source"],
             "dry_run": self.dry_run,
             "family": p.family.name,
-            "factor": p.recipe.factor,
-            "ffn_factor": p.recipe.ffn_multiplier,
+            "factor": r.factor,
+            "ffn_factor": r.ffn_multiplier,
+            "attention": r.attention,
+            "kv_heads": r.kv_heads,
+            "layout": r.layout,
+            "dtype": "/".join(sorted({str(t.dtype).removeprefix("torch.") for t in p.tensors})),
+            "noise_snr_db": r.noise,
+            "seed": r.seed,
             "source_params": self.source_params,
             "target_params": p.target_params,
             "target_bytes": p.target_bytes,
@@ -60,18 +70,41 @@ class ExpandResult:
             "seconds": round(self.seconds, 3),
             "device": self.device,
             "notes": p.notes,
+            "verify_enabled": r.verify,
+            "settings": dict(setting_rows(p)),
         }
+        if p.layer_map is not None:
+            out["layers"] = {
+                "source": p.dims.layers,
+                "target": len(p.layer_map),
+                "map": describe(p.layer_map),
+            }
         if self.verification is not None:
             out["verify"] = self.verification.to_dict()
         return out
 
+    def rows(self) -> list[tuple[str, str]]:
+        """The summary as (label, value) rows, in the words of the model card."""
+        return setting_rows(self.plan) + result_rows(self.summary())
+
 
 def resolve_device(name: str) -> torch.device:
+    """Where to run a model (verify): `auto` is cuda when present."""
     if name == "cuda" and not torch.cuda.is_available():
         raise HypercloneError("--device cuda: CUDA is not available here; use --device cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def expand_device(name: str, noise: bool) -> torch.device:
+    """Where to widen. `auto` is the CPU for a plain widening: it is block copies, which the
+    CPU does at memory speed, while a GPU adds two PCIe crossings per byte for nothing.
+    With noise, the GPU (when present) does the float32 arithmetic, leaving every core to
+    draw the noise (drawn on the CPU on every device, for the same bytes)."""
+    if name == "auto":
+        return resolve_device("auto") if noise else torch.device("cpu")
+    return resolve_device(name)
 
 
 def expand(
@@ -83,23 +116,26 @@ def expand(
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    verify_progress: Callable[[int, int], None] | None = None,
+    revision: str | None = None,
     **overrides: object,
 ) -> ExpandResult:
-    """Widen the checkpoint at `src` into `dst`.
+    """Widen the checkpoint at `src` (a directory, or a hub id at `revision`) into `dst`.
 
     `recipe` is a Recipe or a YAML path; keyword `overrides` (factor, ffn_factor, attention,
     kv_heads, layout, noise, seed, dtype, tie, verify, verify_tolerance, shard_size, device)
-    win over it. Raises HypercloneError (VerificationError when the check fails) and leaves
-    no `dst` behind on any failure.
+    win over it. `progress(bytes)` follows the writing, `verify_progress(layers, total)` the
+    verification (streamed: memory stays about one weight). Raises HypercloneError
+    (VerificationError when the check fails) and leaves no `dst` behind on any failure.
     """
     start = time.perf_counter()
     recipe = build_recipe(recipe, **overrides)
-    src = Path(src)
+    src = resolve_source(src, revision)
     source = open_checkpoint(src)
     # the destination is checked before planning too, so a dry run refuses a bad one
     dst = check_destination(src, dst, force)
     plan = make_plan(source, recipe)
-    device = resolve_device(recipe.device)
+    device = expand_device(recipe.device, recipe.noise is not None)
     if on_plan is not None:
         on_plan(plan)
     source_params = sum(t.numel for t in source.tensors.values())
@@ -108,6 +144,10 @@ def expand(
         return result
 
     needed = plan.target_bytes + sum(p.stat().st_size for p in source.other_files)
+    if recipe.verify:
+        from .verification import warm_up
+
+        warm_up(src)  # transformers' imports, meanwhile
     with staged_output(src, dst, force=force, needed_bytes=needed) as stage:
         try:
             result.shards = write_shards(plan, source, stage.tmp, device, progress)
@@ -116,15 +156,30 @@ def expand(
         write_metadata(plan, source, stage.tmp)
         report = None
         if recipe.verify:
-            from .verify import verify
+            from .verification import verify
 
-            report = verify(src, stage.tmp, tolerance=recipe.verify_tolerance, device=str(device))
+            mode = verification_mode(recipe, source_params, plan.target_params)
+            report = verify(
+                src,
+                stage.tmp,
+                tolerance=recipe.verify_tolerance,
+                streamed=None if mode == "streamed" else False,
+                device=str(resolve_device(recipe.device)),
+                progress=verify_progress,
+            )
             result.verification = report
             report.raise_if_failed("; nothing was written")
         (stage.tmp / "README.md").write_text(model_card(plan, result.shards, report))
         stage.commit()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def verification_mode(recipe: Recipe, source_params: int, target_params: int) -> str:
+    """How expand verifies: "off" or "streamed" (one module's weights at a time, so the
+    memory stays about expand's own; verify falls back to "full" only for a model that
+    cannot be streamed). inspect predicts memory from the same answer."""
+    return "streamed" if recipe.verify else "off"
 
 
 def write_shards(
@@ -137,21 +192,27 @@ def write_shards(
     """Stream every tensor of the plan from `source` into safetensors shards in `out_dir`."""
     recipe = plan.recipe
     noise = Noise(recipe.noise, recipe.seed) if recipe.noise is not None else None
-    order = [t.source for s in plan.shards for t in s.tensors]
+    order = [t.source for s in plan.shards for t in s.tensors if not t.zero]
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(_compute_threads(threads))
     try:
-        # reused chunk buffers on the CPU; a device's chunks arrive in fresh host memory
-        with BackgroundWriter(out_dir, pooled=device.type == "cpu", progress=progress) as writer:
+        # reused chunk buffers: the CPU computes into them; a GPU's chunks are copied into
+        # them (pinned) on a side stream while it computes the next ones
+        on_gpu = device.type == "cuda"
+        with BackgroundWriter(out_dir, pooled=True, pinned=on_gpu, progress=progress) as writer:
             for shard in plan.shards:
                 writer.start_shard(shard.file, [t.entry for t in shard.tensors])
                 for t in shard.tensors:
+                    if t.zero:  # a new block's residual writer: nothing to read
+                        for chunk in depth.zeros(t, _chunk_elements(t), writer.alloc):
+                            writer.write(chunk)
+                        continue
                     w = source.read(t.source, device)
                     order.pop(0)
                     if order:
                         source.prefetch(order[0])  # read from disk while this one widens
-                    for chunk in clone.widen(
+                    chunks = clone.widen(
                         w,
                         t.axes,
                         scale=t.scale,
@@ -160,9 +221,12 @@ def write_shards(
                         noise=noise if t.noise else None,
                         tensor_seed=t.tensor_seed(recipe.seed),
                         out_dtype=t.dtype,
-                        max_chunk_elements=_chunk_elements(t, device),
-                        alloc=writer.alloc,
-                    ):
+                        max_chunk_elements=_chunk_elements(t),
+                        alloc=None if on_gpu else writer.alloc,
+                    )
+                    if t.block_noise:
+                        chunks = depth.with_block_noise(chunks, w, t, recipe.noise, recipe.seed)
+                    for chunk in chunks:
                         writer.write(chunk)
                     del w
                 writer.end_shard()
@@ -186,14 +250,12 @@ def write_metadata(plan: Plan, source: Checkpoint, out_dir: Path) -> None:
         shutil.copy2(f, out_dir / f.name)
 
 
-def _chunk_elements(t: TensorPlan, device: torch.device) -> int:
-    """How much of a target tensor to compute at a time."""
+def _chunk_elements(t: TensorPlan) -> int:
+    """How much of a target tensor to compute at a time: a writer buffer's worth, on any
+    device (a GPU's chunk k+1 is computed while chunk k crosses to the host and k-1 is
+    written)."""
     if t.noise:
         return NOISE_CHUNK_ELEMENTS
-    if device.type != "cpu":
-        # one chunk per tensor: one device-to-host copy per tensor (device memory holds a
-        # target tensor easily; the host still sees only that tensor)
-        return max(1, t.numel)
     return CHUNK_BYTES // t.dtype.itemsize
 
 

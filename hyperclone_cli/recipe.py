@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import EXIT_USAGE, HypercloneError
 
@@ -53,6 +60,16 @@ Layout = Literal["symmetric", "diagonal"]
 DType = Literal["float32", "bfloat16", "float16"]
 Tie = Literal["keep", "untie"]
 Device = Literal["auto", "cpu", "cuda"]
+Placement = Literal["even", "top", "bottom"]
+MAX_ADD_LAYERS = 1024
+
+
+class CombinationError(ValueError):
+    """A value wrong only together with others: `key` names the one to report."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class Recipe(BaseModel):
@@ -73,13 +90,45 @@ class Recipe(BaseModel):
     verify_tolerance: float | None = Field(None, gt=0)
     shard_size: str = "5GB"
     device: Device = "auto"
+    add_layers: int | None = Field(None, description="new decoder blocks (depth growth)")
+    layer_placement: Placement = "even"
 
-    @field_validator("factor", "ffn_factor")
+    @model_validator(mode="before")
     @classmethod
-    def _factor(cls, v: int | None) -> int | None:
+    def _depth_only(cls, data: object) -> object:
+        """`--add-layers K` alone deepens only: the factor defaults to 1 then."""
+        if isinstance(data, dict) and data.get("add_layers") and data.get("factor") is None:
+            return {**data, "factor": 1}
+        return data
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, v: int) -> int:
+        if not 1 <= v <= MAX_FACTOR:  # 1 only with another growth option: _growth below
+            raise ValueError(f"must be an integer from 2 to {MAX_FACTOR}")
+        return v
+
+    @field_validator("ffn_factor")
+    @classmethod
+    def _ffn_factor(cls, v: int | None) -> int | None:
         if v is not None and not 2 <= v <= MAX_FACTOR:
             raise ValueError(f"must be an integer from 2 to {MAX_FACTOR}")
         return v
+
+    @field_validator("add_layers")
+    @classmethod
+    def _add_layers(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= MAX_ADD_LAYERS:
+            raise ValueError(f"must be an integer from 1 to {MAX_ADD_LAYERS}")
+        return v
+
+    @model_validator(mode="after")
+    def _growth(self) -> Recipe:
+        if self.factor == 1 and not self.add_layers:
+            raise CombinationError(
+                "factor", f"must be an integer from 2 to {MAX_FACTOR} (1 only with --add-layers)"
+            )
+        return self
 
     @field_validator("noise")
     @classmethod
@@ -155,7 +204,9 @@ def _one_line(err: ValidationError, where: str | None) -> str:
     """The first validation error as one line: `where` is the recipe file, or None when
     the value came from a command-line flag or a keyword of the Python API."""
     e = err.errors()[0]
-    key = ".".join(str(p) for p in e["loc"]) or "recipe"
+    key = ".".join(str(p) for p in e["loc"]) or _combination_key(e) or "recipe"
+    if not e["loc"] and isinstance(e.get("input"), dict):  # a whole-recipe check: its value
+        e = {**e, "input": e["input"].get(key)}
     if e["type"] == "extra_forbidden":
         known = ", ".join(Recipe.model_fields)
         place = f"recipe {where}" if where else "option"
@@ -163,6 +214,11 @@ def _one_line(err: ValidationError, where: str | None) -> str:
     if where is None:
         return f"option {flag_of(key)}: {_what_is_wrong(e)}"
     return f"recipe {where}: {key}: {_what_is_wrong(e)}"
+
+
+def _combination_key(e: dict) -> str | None:
+    cause = (e.get("ctx") or {}).get("error")
+    return cause.key if isinstance(cause, CombinationError) else None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -201,11 +257,15 @@ def build_recipe(base: Recipe | str | Path | None = None, **overrides: object) -
             Recipe(**data)
     except ValidationError as e:
         key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else ""
-        if key not in flags:
+        # a value wrong only in combination may be fixed by a flag: judged on the whole
+        if key not in flags and not _combination_key(e.errors()[0]):
             raise HypercloneError(_one_line(e, str(path))) from e
     try:
         return Recipe(**(data | flags))
     except ValidationError as e:
+        key = _combination_key(e.errors()[0])
+        if path is not None and key is not None and key not in flags:
+            raise HypercloneError(_one_line(e, str(path))) from e
         raise HypercloneError(_one_line(e, None), code=EXIT_USAGE) from e
 
 

@@ -4,6 +4,8 @@ plan, then each tensor's bytes as they are produced, so no shard is ever held in
 `ShardWriter` writes one file (hashing it on the way out for the model card, and starting
 the disk write every 64 MB). `BackgroundWriter` runs ShardWriters on a thread of its own,
 from a small pool of reused chunk buffers, so the next chunks are computed meanwhile.
+Chunks computed on a GPU are copied into pinned pool buffers on a side stream without
+waiting; only the writer thread waits, for that one copy, just before it writes.
 """
 
 from __future__ import annotations
@@ -189,7 +191,14 @@ class BackgroundWriter:
     caller's next call; leaving the block by an exception drops the queued chunks and
     closes the open files (the caller removes them)."""
 
-    def __init__(self, out_dir: Path, *, pooled: bool, progress: ProgressFn | None = None):
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        pooled: bool,
+        pinned: bool = False,
+        progress: ProgressFn | None = None,
+    ):
         self._dir = out_dir
         self._progress = progress
         self._q: queue.Queue = queue.Queue(maxsize=WRITER_DEPTH)
@@ -199,7 +208,9 @@ class BackgroundWriter:
         self._results: list[ShardResult] = []
         self._thread = threading.Thread(target=self._run, name="hyperclone-writer", daemon=True)
         self._thread.start()
-        self._pool = _BufferPool(BUFFER_COUNT, CHUNK_BYTES, self._check) if pooled else None
+        pooled = pooled or pinned
+        self._pool = _BufferPool(BUFFER_COUNT, CHUNK_BYTES, self._check, pinned) if pooled else None
+        self._copies = _DeviceToHost(self._pool.take) if pinned else None
 
     @property
     def alloc(self) -> Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None:
@@ -210,7 +221,11 @@ class BackgroundWriter:
         self._opened.append(ShardWriter(self._dir / file, entries, {"format": "pt"}))
 
     def write(self, chunk: torch.Tensor) -> None:
-        self._submit(lambda sw=self._opened[-1]: self._write(sw, chunk))
+        """Queue a chunk (a GPU chunk starts its copy to the host now, without waiting)."""
+        ready = None
+        if chunk.device.type == "cuda" and self._copies is not None:
+            chunk, ready = self._copies(chunk)
+        self._submit(lambda sw=self._opened[-1]: self._write(sw, chunk, ready))
 
     def end_shard(self) -> None:
         self._submit(lambda sw=self._opened[-1]: self._results.append(finish_shard(sw)))
@@ -261,8 +276,10 @@ class BackgroundWriter:
             self._q.put_nowait(None)
         self._thread.join()
 
-    def _write(self, sw: ShardWriter, chunk: torch.Tensor) -> None:
+    def _write(self, sw: ShardWriter, chunk: torch.Tensor, ready: object = None) -> None:
         try:
+            if ready is not None:
+                ready.synchronize()  # this chunk's device-to-host copy; releases the GIL
             sw.write(chunk)
         finally:
             if self._pool is not None:
@@ -276,20 +293,23 @@ class _BufferPool:
     pages are not faulted in and zeroed again for every chunk (a sixth of expand's CPU
     time), and the memory in flight is bounded. Larger chunks get memory of their own."""
 
-    def __init__(self, count: int, nbytes: int, check: Callable[[], None]) -> None:
+    def __init__(
+        self, count: int, nbytes: int, check: Callable[[], None], pinned: bool = False
+    ) -> None:
         self._nbytes = nbytes
         self._check = check
+        self._pinned = pinned  # page-locked: the GPU copies into it directly, at full speed
         self._free: queue.Queue = queue.Queue()
         self._owner: dict[int, torch.Tensor] = {}
         for _ in range(count):
-            buf = torch.empty(nbytes, dtype=torch.uint8)  # pages arrive on first use
+            buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
             self._owner[buf.data_ptr()] = buf
             self._free.put(buf)
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         n = math.prod(shape) * dtype.itemsize
         if n > self._nbytes:
-            return torch.empty(shape, dtype=dtype)
+            return torch.empty(shape, dtype=dtype, pin_memory=self._pinned)
         while True:  # the writer hands buffers back; if it failed, say why instead of waiting
             try:
                 buf = self._free.get(timeout=0.2)
@@ -302,3 +322,24 @@ class _BufferPool:
         buf = self._owner.get(chunk.untyped_storage().data_ptr())
         if buf is not None:
             self._free.put(buf)
+
+
+class _DeviceToHost:
+    """GPU chunks into pinned host buffers, on a stream of their own: the copy of one chunk
+    overlaps the computing of the next, and nothing here waits for the device."""
+
+    def __init__(self, alloc: Callable[[tuple[int, ...], torch.dtype], torch.Tensor]) -> None:
+        self._alloc = alloc
+        self._stream: torch.cuda.Stream | None = None
+
+    def __call__(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(chunk.device)
+        host = self._alloc(tuple(chunk.shape), chunk.dtype)
+        self._stream.wait_stream(torch.cuda.current_stream(chunk.device))  # computed first
+        with torch.cuda.stream(self._stream):
+            host.copy_(chunk, non_blocking=True)
+            chunk.record_stream(self._stream)  # its memory is not reused before the copy ends
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        return host, done

@@ -1,8 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+# no test touches the network: a hub id resolves only from a (fake) cache. Set before
+# huggingface_hub is imported, which reads it once.
+os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).parent))
 
 

@@ -11,7 +11,16 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "expand_bench.py
 def test_quick_benchmark_reports_all_ratios(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--out", str(out), "--workdir", str(tmp_path)],
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--gpu",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -30,6 +39,18 @@ def test_quick_benchmark_reports_all_ratios(tmp_path):
         "in_memory_rss_over_expand_rss",
         "verify_full_rss_over_streamed_rss",
     }
+    assert size["expand_verified"]["mode"] == "streamed"
+    assert size["expand_noise"]["seconds"] > 0 and report["startup"]["help_seconds"] > 0
+    assert set(size["ratios"]) >= {
+        "noise_time_over_plain",
+        "verified_time_over_no_verify",
+        "verified_rss_over_no_verify",
+    }
+    # the GPU section runs its CPU half where there is no CUDA
+    gpu = report["gpu"]["quick"]
+    assert gpu["errors"] == {} and {"cpu", "cpu_noise", "floor"} <= gpu["seconds"].keys()
+    if gpu["cuda"]:
+        assert gpu["targets"]["same_bytes"]
     assert set(size["targets"]) >= {
         "expand_time_le_1.3x_floor",
         "expand_rss_le_1.5x_largest_plus_400mb",

@@ -33,10 +33,9 @@ def test_coverage_quick(tmp_path: Path) -> None:
             f = r["factors"][n]
             assert f["rel"] <= tool.REL_TOL and f["argmax_agreement"] == 1.0, f
             assert not f["missing"] and not f["unexpected"], f
-    bloom = rows["bloom"]
-    assert bloom["class"] == "dense" and bloom["result"] == "refused", bloom
-    assert "BloomForCausalLM" in bloom["reason"]
-    assert "ALiBi" in bloom["hints"]
+    xglm = rows["xglm"]
+    assert xglm["class"] == "dense" and xglm["result"] == "refused", xglm
+    assert "XGLMForCausalLM cannot be widened exactly: sinusoidal" in xglm["reason"]
 
     md = (tmp_path / "coverage.md").read_text()
     assert "| llama | dense | LlamaForCausalLM | exact |" in md

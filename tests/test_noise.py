@@ -127,3 +127,33 @@ def test_stream_is_pinned():
 
 
 DIGEST = "1143064300ba630a"
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+@pytest.mark.parametrize("noise", [None, Noise(10.0, 0)])
+@pytest.mark.parametrize("n,cols_map", CASES)
+def test_cuda_gives_the_cpu_bytes(n, cols_map, noise):
+    w = weights(rows=700, cols=96)
+    axes = axes_for(700, 96, n, cols_map)
+    kw = dict(noise=noise, tensor_seed=6, max_chunk_elements=1 << 14)
+    on_cpu = widen_full(w, axes, **kw)
+    on_cuda = widen_full(w.cuda(), axes, **kw).cpu()
+    assert torch.equal(as_bytes(on_cuda), as_bytes(on_cpu))
+
+
+@needs_cuda
+@pytest.mark.parametrize("noise", [None, 10.0])
+def test_expand_on_cuda_writes_the_cpu_files(tmp_path, noise):
+    from tiny import llama_config, save
+
+    from hyperclone_cli.pipeline import expand
+
+    src = save(llama_config(), tmp_path / "src", dtype=torch.bfloat16)
+    kw = dict(factor=2, noise=noise, seed=1, verify=False, shard_size="100KB")
+    on_cpu = expand(src, tmp_path / "cpu", device="cpu", **kw)
+    on_cuda = expand(src, tmp_path / "cuda", device="cuda", **kw)
+    assert on_cuda.device.startswith("cuda") and len(on_cpu.shards) > 1
+    assert [s.sha256 for s in on_cuda.shards] == [s.sha256 for s in on_cpu.shards]

@@ -10,7 +10,7 @@ stderr are the real ones, and checks the same contract:
 
 Speed: starting Python and importing torch costs ~2 s per run, too much for ~70 runs on a
 shared 2-core machine. So most cases run in a process forked from a "zygote" that has
-already imported the package (`ZYGOTE`): still a separate process with its own stdout,
+already imported the package (tests/cli_process.py): still a separate process with its own stdout,
 stderr (file descriptors 1 and 2) and exit status, running `cli.main` as
 `python -m hyperclone_cli` does. Signals, resource limits, dropped privileges and the
 `--debug` traceback use a fresh `python -m hyperclone_cli` (`real=True`);
@@ -33,138 +33,26 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 
+import cli_process
 import pytest
 import tiny
 import torch
+from cli_process import ENV, WRAPPER, run, tree_hashes
 from safetensors.torch import load_file, save_file
-
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-}
-ENV.pop("HYPERCLONE_DEBUG", None)
-
-ALL_REAL = bool(os.environ.get("HYPERCLONE_TEST_REAL"))
-
-# Runs the CLI after executing the patch given in HC_TEST_PATCH (test harness only).
-WRAPPER = (
-    "import os, sys\n"
-    "exec(os.environ['HC_TEST_PATCH'])\n"
-    "from hyperclone_cli.cli import main\n"
-    "main(sys.argv[1:])\n"
-)
-
-# Reads one JSON request per line, forks, runs cli.main in the child with fds 1/2 on the
-# given files, and answers with the child's exit status (negative: killed by a signal).
-ZYGOTE = r"""
-import json, os, sys, traceback
-import torch, hyperclone_cli.cli, hyperclone_cli.pipeline  # the expensive part, done once
-for line in sys.stdin:
-    req = json.loads(line)
-    sys.stdout.flush(); sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            for fd, path in ((1, req["out"]), (2, req["err"])):
-                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-            os.environ.update(req["env"])
-            if req.get("patch"):
-                exec(req["patch"], {})
-            sys.argv = ["hyperclone", *req["argv"]]
-            hyperclone_cli.cli.main(req["argv"])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush(); sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
-"""
-
-
-class Zygote:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=ENV,
-            text=True,
-        )
-        self.scratch = Path(tempfile.mkdtemp(prefix="hyperclone-zygote-"))
-
-    def run(self, argv: list[str], env: dict, patch: str | None):
-        out, err = self.scratch / "out", self.scratch / "err"
-        req = {"argv": argv, "out": str(out), "err": str(err), "env": env, "patch": patch}
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline()
-        assert answer, "the zygote died"
-        code = json.loads(answer)["code"]
-        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-        shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-_zygote: Zygote | None = None
 
 
 @pytest.fixture(scope="module", autouse=True)
 def zygote():
-    global _zygote
-    _zygote = None if ALL_REAL else Zygote()
+    cli_process.start()
     yield
-    if _zygote is not None:
-        _zygote.close()
-        _zygote = None
+    cli_process.stop()
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def tree_hashes(path: Path) -> dict[str, str]:
-    """sha256 of every file under path, by relative name (the source's fingerprint)."""
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
-
-
-def run(*args, src: Path | None = None, patch: str | None = None, prefix=(), real=False):
-    """Run the CLI in its own process; when `src` is given, its bytes must be unchanged."""
-    before = tree_hashes(src) if src is not None else None
-    argv = [str(a) for a in args]
-    if _zygote is not None and not real and not prefix:
-        r = _zygote.run(argv, {}, patch)
-    else:
-        cmd = [sys.executable, "-m", "hyperclone_cli"]
-        env = ENV
-        if patch is not None:
-            cmd = [sys.executable, "-c", WRAPPER]
-            env = {**ENV, "HC_TEST_PATCH": patch}
-        r = subprocess.run(
-            [*prefix, *cmd, *argv], capture_output=True, text=True, env=env, timeout=300
-        )
-    if src is not None:
-        assert tree_hashes(src) == before, "the source changed"
-    return r
 
 
 def leftovers(dst: Path) -> list[str]:
@@ -289,8 +177,15 @@ def _absurd_shape(f: Path) -> None:
 
 def _unknown_dtype(f: Path) -> None:
     header, data = st_read(f)
-    header["model.norm.weight"]["dtype"] = "F8_E4M3"  # 1 byte: offsets no longer fit either
+    header["model.norm.weight"]["dtype"] = "F6_E3M2"  # refused by name, before its offsets
     st_write(f, header, data)
+
+
+def _float8(f: Path) -> None:
+    """A well-formed float8 tensor: the reader reads it (verify can), the plan refuses it."""
+    sd = load_file(f)
+    sd["model.norm.weight"] = sd["model.norm.weight"].to(torch.float8_e4m3fn)
+    save_file(sd, f, metadata={"format": "pt"})
 
 
 HEADER_CASES = {
@@ -301,7 +196,8 @@ HEADER_CASES = {
     "overlap": (_overlap, "overlap in the file"),
     "absurd-header-size": (_absurd_header, "claims 4611686018427387904 bytes"),
     "absurd-shape": (_absurd_shape, "do not fit the file"),
-    "unknown-dtype": (_unknown_dtype, "dtype F8_E4M3, which hyperclone cannot handle"),
+    "unknown-dtype": (_unknown_dtype, "dtype F6_E3M2, which hyperclone cannot handle"),
+    "float8": (_float8, "dtype F8_E4M3, which hyperclone cannot handle"),
 }
 
 
@@ -473,6 +369,47 @@ def test_tensor_the_family_does_not_map(src, dst):
     expand_fails(src, dst, 1, "model.layers.0.mystery.weight", "not mapped by the llama family")
 
 
+# --------------------------------------------------------------------------- verify's inputs
+# `hyperclone verify` reads through the same checker as expand: the same broken inputs are
+# refused with the same one line, whichever argument they are given as.
+
+
+def _config_unknown_architecture(src: Path) -> None:
+    edit_json(src / "config.json", architectures=["FooForCausalLM"], model_type="foo")
+
+
+VERIFY_CASES = {
+    **{
+        case: (lambda src, corrupt=corrupt: corrupt(src / "model.safetensors"), needle)
+        for case, (corrupt, needle) in HEADER_CASES.items()
+        if case != "float8"  # a float8 checkpoint is valid input to verify
+    },
+    "config-missing": (lambda src: (src / "config.json").unlink(), "no config.json"),
+    "config-not-json": (lambda src: (src / "config.json").write_text("{"), "not valid JSON"),
+    "unknown-architecture": (_config_unknown_architecture, "does not recognize"),
+}
+
+
+@pytest.mark.parametrize("position", ["src", "dst"])
+@pytest.mark.parametrize("case", VERIFY_CASES)
+def test_verify_refuses_broken_input(case, position, src, models):
+    corrupt, needle = VERIFY_CASES[case]
+    corrupt(src)
+    args = (src, models["single"]) if position == "src" else (models["single"], src)
+    assert_error(run("verify", *args, src=src), 1, str(src), needle)
+
+
+@pytest.mark.parametrize("position", ["src", "dst"])
+def test_verify_refuses_a_bin_with_code_before_it_runs(position, src, models, tmp_path):
+    marker = tmp_path / "PWNED"
+    _bin_source(src)
+    sd = {"model.embed_tokens.weight": torch.zeros(2, 2), "x": _Payload(marker)}
+    torch.save(sd, src / "pytorch_model.bin")
+    args = (src, models["single"]) if position == "src" else (models["single"], src)
+    assert_error(run("verify", *args, src=src), 1, str(src / "pytorch_model.bin"), "refusing")
+    assert not marker.exists(), "the pickle payload ran"
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -482,7 +419,7 @@ def test_tensor_the_family_does_not_map(src, dst):
 )
 def test_bad_factor(value, code, src, dst):
     line = expand_fails(src, dst, code, "--factor", args=("--factor", value))
-    assert "2 to 64" in line or "valid integer" in line
+    assert "2 to 64" in line or "whole number" in line
     assert "Input should" not in line and "Value error" not in line
 
 

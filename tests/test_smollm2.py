@@ -49,3 +49,20 @@ def test_smollm2_x2_is_the_same_function(smollm2, tmp_path, cli):
         ga, gb = (m.generate(**ids, max_new_tokens=12, do_sample=False) for m in models)
     assert (a - b).abs().max().item() < 1e-3 * a.abs().max().item()
     assert torch.equal(ga, gb)
+
+
+def test_smollm2_x2_and_6_layers_streamed_verify(smollm2, tmp_path, cli):
+    """Width and depth in one pass (30 → 36 layers, LLaMA Pro's every-5th placement), with
+    new-block noise; streamed verify checks each new block as the identity."""
+    dst = tmp_path / "x2d6"
+    flags = ("--factor", "2", "--add-layers", "6", "--noise", "10", "--json")
+    code, out, err = cli("expand", smollm2, dst, *flags)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["verify"]["passed"] and summary["layers"]["target"] == 36
+    cfg = json.loads((dst / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 36 and cfg["hyperclone"]["layer_map"][5] == "new"
+    code, out, err = cli("verify", smollm2, dst, "--streamed", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert len(report["layers"]) == 36 and all(c["passed"] for c in report["layers"])

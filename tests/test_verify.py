@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
+# The package exports the function `verify` under the module's name.
+import hyperclone_cli.verification as verify_module
+import hyperclone_cli.verify_streamed as streamed_module
+from hyperclone_cli.checkpoint import Checkpoint, open_checkpoint
 from hyperclone_cli.errors import EXIT_VERIFY, HypercloneError, VerificationError
-from hyperclone_cli.verify import (
+from hyperclone_cli.verification import (
     TOLERANCE_FP32,
     TOLERANCE_HALF,
     VerifyReport,
@@ -22,34 +26,18 @@ from hyperclone_cli.verify import (
     verify,
 )
 
-# The package exports the function `verify` under the module's name.
-verify_module = importlib.import_module("hyperclone_cli.verify")
-
 N = 2  # widening factor used throughout
 
 
 def tiny_llama(path: Path, *, tie: bool = False, layers: int = 3, seed: int = 0) -> Path:
-    config = LlamaConfig(
-        hidden_size=32,
+    config = tiny.llama_config(
         intermediate_size=64,
         num_hidden_layers=layers,
-        num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=8,
-        vocab_size=128,
         tie_word_embeddings=tie,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        # Wide spread of magnitudes (and norms away from 1) so that a wrong block shows up.
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(torch.rand_like(param) * 1.5 + 0.5)
-            else:
-                param.mul_(torch.rand(()) * 4 + 1)
-    model.save_pretrained(path)
-    return path
+    return tiny.save(config, path, seed=seed, weights=tiny.mild)
 
 
 def widen_by_hand(src: Path, dst: Path) -> Path:
@@ -108,7 +96,7 @@ def test_correct_widening_passes_in_both_modes_with_the_same_figures(pair):
         assert report.rel_error < 1e-5
         assert report.kl < 1e-8
         assert report.top1_agreement == 1.0
-        assert report.n_tokens == 2 * 32
+        assert report.n_tokens == 32
         assert not report.missing_keys and not report.unexpected_keys
     assert full.mode == "full" and full.greedy_match is True and full.layers == []
     assert streamed.mode == "streamed" and streamed.greedy_match is None
@@ -122,13 +110,15 @@ def test_correct_widening_passes_in_both_modes_with_the_same_figures(pair):
 
 def test_streamed_logits_equal_transformers_logits(pair):
     src, wide = pair
-    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, tiny.VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
     config = AutoModelForCausalLM.from_pretrained(wide).config
-    model = verify_module._empty_model(wide, config)
-    assert verify_module._stream_weights(wide, model, "cpu") == ([], [])
+    model = streamed_module.empty_model(wide, config)
+    assert streamed_module._stream_weights(open_checkpoint(wide), model, "cpu") == ([], [])
     expected = AutoModelForCausalLM.from_pretrained(wide, dtype=torch.float32).eval()
     with torch.no_grad():
-        assert torch.allclose(verify_module._logits(model, ids), expected(ids).logits, atol=1e-5)
+        assert torch.allclose(
+            verify_module.model_logits(model, ids), expected(ids).logits, atol=1e-5
+        )
 
 
 def test_lost_head_scale_fails_though_greedy_text_matches(pair, tmp_path):
@@ -235,18 +225,34 @@ def test_half_precision_gets_the_half_tolerance(pair, tmp_path):
     assert not verify(half_src, half_wide).passed
 
 
-def test_streams_automatically_when_memory_is_short(pair, monkeypatch):
+def test_streams_by_default_and_falls_back_to_full_where_it_cannot(pair, monkeypatch):
     src, wide = pair
+    seen = []
+    report = verify(src, wide, progress=lambda done, total: seen.append((done, total)))
+    assert report.mode == "streamed" and report.passed
+    # progress in decoder layers: the source's 3, then the wide model's 3
+    assert seen[0] == (0, 6) and seen[-1] == (6, 6) and len(seen) == 7
+
+    def cannot(*args, **kwargs):
+        raise verify_module.CannotStream("streamed verify cannot run this model")
+
+    monkeypatch.setattr(streamed_module, "verify_streamed", cannot)
     memory = namedtuple("memory", "available")
-    monkeypatch.setattr(verify_module.psutil, "virtual_memory", lambda: memory(1000))
-    assert verify(src, wide).mode == "streamed"
     monkeypatch.setattr(verify_module.psutil, "virtual_memory", lambda: memory(1 << 40))
-    assert verify(src, wide).mode == "full"
+    seen.clear()
+    report = verify(src, wide, progress=lambda done, total: seen.append((done, total)))
+    assert report.mode == "full" and report.passed
+    assert seen[-1] == (6, 6)
+    with pytest.raises(HypercloneError, match="cannot run"):
+        verify(src, wide, streamed=True)  # asked for: no fallback
+    monkeypatch.setattr(verify_module.psutil, "virtual_memory", lambda: memory(1000))
+    with pytest.raises(HypercloneError, match="cannot run"):
+        verify(src, wide)  # full mode would not fit in memory
 
 
 def test_unloadable_checkpoint_raises_one_line(pair, tmp_path):
     src, _ = pair
-    with pytest.raises(HypercloneError, match="cannot load .*nowhere"):
+    with pytest.raises(HypercloneError, match="nowhere: no such directory"):
         verify(src, tmp_path / "nowhere")
 
     broken = tmp_path / "broken"
@@ -274,25 +280,31 @@ def test_report_serialises(pair):
 
 def test_streamed_holds_one_module_of_weights_at_a_time(pair, monkeypatch):
     src, wide = pair
-    models, held_before, read_at_once = [], [], []
-    stream_weights, read = verify_module._stream_weights, verify_module._read
+    models, holders, read_sizes = [], [], []
+    stream_weights, read = streamed_module._stream_weights, Checkpoint.read
 
-    def remember(path, model, device):
+    def remember(checkpoint, model, device):
         models.append(model)
-        return stream_weights(path, model, device)
+        return stream_weights(checkpoint, model, device)
 
-    def measure(on_disk, names):
-        held = sum(p.numel() for m in models for p in m.parameters() if p.device.type != "meta")
-        held_before.append(held)
-        out = read(on_disk, names)
-        read_at_once.append(sum(t.numel() for t in out.values()))
+    def measure(checkpoint, name, device="cpu"):
+        holding = [
+            module
+            for model in models
+            for module in model.modules()
+            if any(p.device.type != "meta" for p in module.parameters(recurse=False))
+        ]
+        holders.append(len(holding))
+        out = read(checkpoint, name, device)
+        read_sizes.append(out.numel())
         return out
 
-    monkeypatch.setattr(verify_module, "_stream_weights", remember)
-    monkeypatch.setattr(verify_module, "_read", measure)
+    monkeypatch.setattr(streamed_module, "_stream_weights", remember)
+    monkeypatch.setattr(Checkpoint, "read", measure)
     assert verify(src, wide, streamed=True).passed
-    assert set(held_before) == {0}  # the previous module's weights were dropped
-    assert max(read_at_once) == 128 * 32 * N  # the largest single weight: the wide embedding
+    assert max(holders) <= 1  # only the module being loaded: the previous one was dropped
+    # the largest single weight: the wide embedding or an MLP matrix, whichever is larger
+    assert max(read_sizes) == max(tiny.VOCAB * 32 * N, 64 * N * 32 * N)
 
 
 def test_streamed_reads_pytorch_bin_checkpoints(pair, tmp_path):

@@ -57,10 +57,31 @@ def opt_config(**kw) -> OPTConfig:
     return OPTConfig(**base)
 
 
-def save(config, path: Path, seed: int = 0, dtype: torch.dtype = torch.float32, **save_kw) -> Path:
+def mild(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """transformers' own init scaled 1–5× per tensor, norms in [0.5, 2): logits of a size
+    that half precision rounds the way it rounds real models'."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.5)
+            else:
+                p.mul_(torch.rand((), generator=g) * 4 + 1)
+    return model.eval()
+
+
+def save(
+    config,
+    path: Path,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    weights=spread,
+    **save_kw,
+) -> Path:
+    """Build the model of `config`, set its weights with `weights` (`spread` or `mild`), save."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    spread(model, seed)
+    weights(model, seed)
     model.to(dtype).save_pretrained(path, **save_kw)
     return path
 

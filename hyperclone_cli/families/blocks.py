@@ -10,10 +10,11 @@ Rows = tuple[tuple[str, Role], ...]
 QKV = ("q", "kv", "kv")  # [q | k | v] fused along one axis, GQA sizes (H·hd, G·hd, G·hd)
 
 
-def attention(prefix: str, out: str = "o_proj") -> Rows:
+def attention(prefix: str, out: str = "o_proj", module: str = r"self_attn\.") -> Rows:
     """q/k/v and output projections with optional biases; q is scaled under head-dim
-    attention. `out` is the output projection's name (OPT: out_proj)."""
-    a = prefix + r"self_attn\."
+    attention. `out` is the output projection's name (OPT: out_proj), `module` the
+    attention module's (EXAONE: attn.attention.)."""
+    a = prefix + module
     return (
         (a + r"q_proj\.weight", linear("q", "hidden", q_scaled=True)),
         (a + r"q_proj\.bias", bias("q", q_scaled=True)),
@@ -28,10 +29,9 @@ def fused_attention(
 ) -> Rows:
     """One fused projection for q, k and v, each part cloned in its own place. `space` is
     its layout (QKV, or GPT-NeoX's per-head "qkv"); `transposed`: GPT-2's Conv1D."""
-    q_scaled = space != "qkv"  # GPT-NeoX's per-head [q_h k_h v_h] is rotary: never scaled
-    return (
-        (rf"{prefix}{qkv}\.weight", _weight(space, "hidden", transposed, q_scaled=q_scaled)),
-        (rf"{prefix}{qkv}\.bias", bias(space, q_scaled=q_scaled)),
+    return (  # q's rows (its place in the fused axis) are scaled under head-dim attention
+        (rf"{prefix}{qkv}\.weight", _weight(space, "hidden", transposed, q_scaled=True)),
+        (rf"{prefix}{qkv}\.bias", bias(space, q_scaled=True)),
         *output(prefix + out, transposed),
     )
 
@@ -39,8 +39,8 @@ def fused_attention(
 def output(name: str, transposed: bool = False) -> Rows:
     """Attention output projection: heads in, residual stream out."""
     return (
-        (rf"{name}\.weight", _weight("hidden", "q", transposed)),
-        (rf"{name}\.bias", bias("hidden")),
+        (rf"{name}\.weight", _weight("hidden", "q", transposed, writes_residual=True)),
+        (rf"{name}\.bias", bias("hidden", writes_residual=True)),
     )
 
 
@@ -50,8 +50,8 @@ def mlp(prefix: str, up: str, down: str, transposed: bool = False, up_space: Spa
     return (
         (rf"{prefix}{up}\.weight", _weight(up_space, "hidden", transposed)),
         (rf"{prefix}{up}\.bias", bias(up_space)),
-        (rf"{prefix}{down}\.weight", _weight("hidden", "ffn", transposed)),
-        (rf"{prefix}{down}\.bias", bias("hidden")),
+        (rf"{prefix}{down}\.weight", _weight("hidden", "ffn", transposed, writes_residual=True)),
+        (rf"{prefix}{down}\.bias", bias("hidden", writes_residual=True)),
     )
 
 

@@ -49,3 +49,9 @@ GEMMA3 = replace(
     model_types=("gemma3_text",),
     tensors=(*GEMMA.tensors, (L + r"self_attn\.[qk]_norm\.weight", norm("head", offset=1.0))),
 )
+
+# VaultGemma: Gemma 2 without the norms after sublayers (its names are a subset), the same
+# √hidden embedding scale (a scaled embedding module), soft-capping and query_pre_attn_scalar.
+VAULTGEMMA = replace(
+    GEMMA, name="vaultgemma", architectures=("VaultGemmaForCausalLM",), model_types=("vaultgemma",)
+)

@@ -35,6 +35,7 @@ GPT2 = Family(
     rotary=False,
     embedding_name=P + r"wte\.weight",
     tie_keepers=(P + r"ln_f\.(weight|bias)",),
+    layer_index=P + r"h\.(?P<layer>\d+)\.",
     ignored=(H + r"attn\.(bias|masked_bias)",),
     default_tie=True,
     supports_kv_keep=False,  # c_attn splits into three equal parts

@@ -38,6 +38,7 @@ GPT_NEOX = Family(
     embedding_name=G + r"embed_in\.weight",
     head_name="embed_out.weight",
     tie_keepers=(G + r"final_layer_norm\.(weight|bias)",),
+    layer_index=G + r"layers\.(?P<layer>\d+)\.",
     ignored=(L + r"attention\.(bias|masked_bias|rotary_emb\.inv_freq)",),
     supports_kv_keep=False,  # query_key_value holds as many k/v heads as q heads
 )

@@ -32,5 +32,6 @@ LLAMA = Family(
     rotary=True,
     embedding_name=r"model\.embed_tokens\.weight",
     tie_keepers=(r"model\.norm\.weight",),
+    layer_index=r"model\.layers\.(?P<layer>\d+)\.",
     ignored=(L + r"self_attn\.rotary_emb\.inv_freq", r"model\.rotary_emb\.inv_freq"),
 )

@@ -38,5 +38,12 @@ OPT = Family(
     # after it (350m has project_out and no final norm).
     tie_keepers=(D + r"project_out\.weight", D + r"final_layer_norm\.(weight|bias)"),
     default_tie=True,
+    layer_index=D + r"layers\.(?P<layer>\d+)\.",
+    depth_refusal=lambda cfg: (
+        None
+        if cfg.get("do_layer_norm_before", True)
+        else "its blocks are post-LayerNorm (do_layer_norm_before is false): the norm sits on "
+        "the residual stream, so a block with zeroed output projections is not the identity"
+    ),
     supports_kv_keep=False,  # no grouped-query attention: k/v have as many heads as q
 )
