@@ -185,6 +185,13 @@ def expand(
         bool, typer.Option("--dry-run", help="Plan and report; write nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    experts: Annotated[
+        int | None,
+        typer.Option(help="Upcycle a dense model into this many experts (factor 1 allowed)."),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Experts per token when upcycling (default 2).")
+    ] = None,
 ) -> None:
     """Widen SRC into DST: stream, expand, verify, then move into place."""
     from .pipeline import expand as run_expand
@@ -228,6 +235,8 @@ def expand(
             shard_size=shard_size,
             verify_tolerance=tolerance,
             verify=False if no_verify else None,
+            experts=experts,
+            top_k=top_k,
         )
     s = result.summary()
     if as_json:
@@ -307,6 +316,33 @@ def verify(
     report.raise_if_failed()
 
 
+def _changed(architecture: str, d: dict) -> str:
+    """The output's architecture where it differs (upcycling), else blank."""
+    return "" if architecture == d["architecture"] else architecture
+
+
+def _moe_rows(
+    src: dict | None, exp: dict | None, params: int, exp_params: int | None
+) -> list[tuple[str, str, str]]:
+    """Experts / top-k / shared experts and the parameters active per token, before and after
+    (a dense model: all of them)."""
+
+    def experts(m: dict | None) -> str:
+        return f"{m['experts']} / {m['top_k']} / {m['shared_experts']}" if m else "dense"
+
+    def active(m: dict | None, total: int) -> str:
+        return f"{m['active_params'] if m else total:,}"
+
+    return [
+        ("experts / top-k / shared", experts(src), exp_params and experts(exp)),
+        (
+            "active parameters per token",
+            active(src, params),
+            exp_params and active(exp, exp_params),
+        ),
+    ]
+
+
 @app.command(
     "inspect", cls=Command, short_help="Describe a checkpoint, and what an expansion would produce."
 )
@@ -329,14 +365,19 @@ def inspect_cmd(
         Placement | None, typer.Option(help="Where new blocks go: even, top or bottom.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    experts: Annotated[
+        int | None, typer.Option(help="Also show what upcycling into this many experts gives.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Experts per token when upcycling.")] = None,
 ) -> None:
     """Architecture, sizes, shards, dtypes, tie, heads; and what an expansion would produce."""
     from .inspection import inspect as run_inspect
     from .summary import dtype_words, tie_words
     from .units import format_size
 
-    depth = {"add_layers": add_layers, "layer_placement": _val(layer_placement)}
-    info = run_inspect(path, factor=factor, recipe=recipe, revision=revision, **depth)
+    growth = {"add_layers": add_layers, "layer_placement": _val(layer_placement)}
+    growth |= {"experts": experts, "top_k": top_k}
+    info = run_inspect(path, factor=factor, recipe=recipe, revision=revision, **growth)
     d = info.to_dict()
     if as_json:
         out.print_json(json.dumps(d))
@@ -351,7 +392,7 @@ def inspect_cmd(
             + (f", +{exp['add_layers']} layers" if exp.get("add_layers") else "")
         )
     rows = [
-        ("architecture", d["architecture"], ""),
+        ("architecture", d["architecture"], exp and _changed(exp["architecture"], d)),
         ("family", d["family"] or "unsupported", ""),
         ("parameters", f"{d['params']:,}", exp and f"{exp['params']:,}"),
         ("bytes", format_size(d["bytes"]), exp and format_size(exp["bytes"])),
@@ -368,6 +409,9 @@ def inspect_cmd(
         ),
         ("tied embeddings", tie_words(d["tied"]), exp and tie_words(exp["tie"])),
     ]
+    src_moe, exp_moe = d["moe"], exp and exp["moe"]
+    if src_moe or exp_moe:
+        rows += _moe_rows(src_moe, exp_moe, d["params"], exp and exp["params"])
     if exp:
         # the choices not shown above, in the words of expand's summary and the model card
         shown = {"family", "dtype", "tied embeddings", "factor", "attention", "kv heads", "layers"}

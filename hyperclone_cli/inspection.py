@@ -11,6 +11,7 @@ from .checkpoint import open_checkpoint
 from .depth import describe
 from .errors import HypercloneError
 from .families import family_for
+from .families.moe import moe_figures
 from .hub import resolve_source
 from .pipeline import NOISE_CHUNK_ELEMENTS, verification_mode
 from .plan import Plan, make_plan, resolved_tie
@@ -47,6 +48,7 @@ class Inspection:
     kv_heads: int | None = None
     head_dim: int | None = None
     vocab: int | None = None
+    moe: dict | None = None  # experts, top_k, shared_experts, active_params
     expansion: dict | None = None
 
     def to_dict(self) -> dict:
@@ -81,11 +83,12 @@ def inspect(
         shards=[{"file": f, "bytes": b} for f, b in sorted(shard_bytes.items())],
         tied=None,
         vocab=cfg.get("vocab_size"),
+        moe=moe_figures(cfg, {n: t.numel for n, t in ckpt.tensors.items()}),
     )
     try:
         fam = family_for(cfg)
     except HypercloneError:
-        if factor is not None or recipe is not None or kw.get("add_layers"):
+        if factor is not None or recipe is not None or _grows(kw):
             raise
         return info
     dims = fam.dims(cfg)
@@ -93,7 +96,7 @@ def inspect(
     info.tied = resolved_tie(cfg, fam)
     info.hidden, info.ffn, info.layers = dims.hidden, dims.ffn, dims.layers
     info.heads, info.kv_heads, info.head_dim = dims.heads, dims.kv_heads, dims.head_dim
-    if factor is None and recipe is None and not kw.get("add_layers"):
+    if factor is None and recipe is None and not _grows(kw):
         return info
 
     recipe = build_recipe(recipe, factor=factor, **kw)
@@ -131,6 +134,8 @@ def inspect(
         # the whole run as configured: writing, then verifying (if on) in the same process
         "predicted_peak_rss_bytes": max(memory["expand"], memory["verify"]),
         "notes": plan.notes,
+        "architecture": ", ".join(plan.config.get("architectures") or []),
+        "moe": moe_figures(plan.config, {t.name: t.numel for t in plan.tensors}),
     }
     return info
 
@@ -168,3 +173,8 @@ def predict_peak_rss(plan: Plan, verify_mode: str) -> dict[str, int]:
     else:
         verify = 0
     return {"expand": expand, "verify": verify}
+
+
+def _grows(kw: dict) -> bool:
+    """A growth option was given (layers, experts): inspect predicts its expansion."""
+    return any(v is not None for k, v in kw.items() if k != "layer_placement")

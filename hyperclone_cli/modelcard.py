@@ -53,6 +53,7 @@ def model_card(plan: Plan, shards: list[ShardResult], report: VerifyReport | Non
         "HyperCloning (Samragh et al., arXiv 2409.12903): every hidden vector is cloned "
         f"{n} times, so the model computes the same function as its source.",
         "",
+        *_upcycling(plan),
         "| setting | value |",
         "|---|---|",
         *(f"| {k} | {cell(v)} |" for k, v in rows),
@@ -89,3 +90,18 @@ def layer_section(lmap: LayerMap) -> list[str]:
     for t, (s, c) in enumerate(zip(lmap, copy_sources(lmap), strict=True)):
         lines.append(f"| {t} | {s if s is not None else f'new (copy of {c})'} |")
     return [*lines, ""]
+
+
+def _upcycling(plan: Plan) -> list[str]:
+    """A paragraph on upcycling (`--experts`), when it was done."""
+    r = plan.recipe
+    if not r.experts:
+        return []
+    arch = ", ".join(plan.config.get("architectures") or [])
+    return [
+        f"It was also upcycled from a dense model into `{arch}`: {r.experts} experts, each a "
+        f"copy of the dense FFN, top-{r.experts_per_token} routing with the top-k weights "
+        "renormalised to sum to 1, so any routing gives the dense output; the routers start "
+        f"random (seed {r.seed}) to spread tokens over the experts.",
+        "",
+    ]

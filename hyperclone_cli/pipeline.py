@@ -192,7 +192,7 @@ def write_shards(
     """Stream every tensor of the plan from `source` into safetensors shards in `out_dir`."""
     recipe = plan.recipe
     noise = Noise(recipe.noise, recipe.seed) if recipe.noise is not None else None
-    order = [t.source for s in plan.shards for t in s.tensors if not t.zero]
+    order = [t.source for s in plan.shards for t in s.tensors if not t.zero and t.init is None]
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(_compute_threads(threads))
@@ -204,14 +204,17 @@ def write_shards(
             for shard in plan.shards:
                 writer.start_shard(shard.file, [t.entry for t in shard.tensors])
                 for t in shard.tensors:
-                    if t.zero:  # a new block's residual writer: nothing to read
+                    if t.zero and t.init is None:  # a new block's residual writer: unread
                         for chunk in depth.zeros(t, _chunk_elements(t), writer.alloc):
                             writer.write(chunk)
                         continue
-                    w = source.read(t.source, device)
-                    order.pop(0)
-                    if order:
-                        source.prefetch(order[0])  # read from disk while this one widens
+                    if t.init is not None:  # generated (upcycling's routers)
+                        w = t.generate(recipe.seed).to(device)
+                    else:
+                        w = source.read(t.source, device)
+                        order.pop(0)
+                        if order:
+                            source.prefetch(order[0])  # read from disk while this one widens
                     chunks = clone.widen(
                         w,
                         t.axes,

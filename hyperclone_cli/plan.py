@@ -38,6 +38,16 @@ class TensorPlan:
     diagonal: bool = False
     zero: bool = False  # a new block's residual writer (depth.py): zeros, the source unread
     block_noise: bool = False  # a new block's other weight matrix: noise keeps the function
+    # made, not read: ("zeros", 0) or ("normal", std) at the target shape (upcycle.py)
+    init: tuple[str, float] | None = None
+
+    def generate(self, seed: int) -> torch.Tensor:
+        """The tensor of a generated plan, seeded by the run's seed and its name."""
+        kind, std = self.init
+        if kind == "zeros":
+            return torch.zeros(self.shape, dtype=self.dtype)
+        g = torch.Generator().manual_seed(self.tensor_seed(seed))
+        return (torch.randn(self.shape, generator=g) * std).to(self.dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -121,7 +131,7 @@ class Plan:
             "seed": r.seed,
             "tie": self.tie,
             **(self.depth_provenance() if self.layer_map is not None else {}),
-        }
+        } | ({"experts": r.experts, "top_k": r.experts_per_token} if r.experts else {})
 
     def depth_provenance(self) -> dict:
         """The layer map as config.json records it: verify reads it to check new blocks."""
@@ -326,6 +336,8 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             "key/value heads as query heads; use --kv-heads replicate"
         )
     maps, sizes = space_maps(dims, recipe)
+    for space, size in family.ffn_space_sizes(cfg).items():  # MoE experts, shared experts
+        maps[space] = tile_map(size, recipe.ffn_multiplier)
     lmap = None
     if recipe.add_layers:
         lmap = plan_layer_map(family, cfg, dims.layers, recipe.add_layers, recipe.layer_placement)
@@ -416,7 +428,7 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             axes=axes,
             dtype=out_dtype or info.dtype,
             scale=scale,
-            noise=recipe.noise is not None and widened_in,
+            noise=recipe.noise is not None and widened_in and role.noisy,
             diagonal=recipe.layout == "diagonal" and widened_in and widened_out,
         )
         tensors += _head_copies(planned, family, maps) if role.per_head else [planned]
@@ -445,6 +457,9 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
         tensors = deepen(tensors, family, lmap, noise=recipe.noise is not None)
     config = copy.deepcopy(cfg)
     config.update(family.widened_config(cfg, sizes))
+    for _, key, _ in family.ffn_spaces:
+        if cfg.get(key):
+            config[key] = cfg[key] * recipe.ffn_multiplier
     if lmap is not None:
         config.update(deepened_config(cfg, family, lmap))
     if tie == "untied":
@@ -457,8 +472,12 @@ def make_plan(ckpt: Checkpoint, recipe: Recipe) -> Plan:
             config["dtype"] = recipe.dtype
     plan = Plan(ckpt, family, recipe, dims, sizes, config, tensors, dropped, tie, notes)
     plan.layer_map = lmap
-    config["hyperclone"] = plan.provenance()
-    plan.shards = assign_shards(tensors, recipe.shard_bytes)
+    if recipe.experts:
+        from .upcycle import upcycle
+
+        upcycle(plan)  # dense → MoE: experts, routers, config.json
+    plan.config["hyperclone"] = plan.provenance()
+    plan.shards = assign_shards(plan.tensors, recipe.shard_bytes)
     return plan
 
 

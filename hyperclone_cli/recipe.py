@@ -62,6 +62,7 @@ Tie = Literal["keep", "untie"]
 Device = Literal["auto", "cpu", "cuda"]
 Placement = Literal["even", "top", "bottom"]
 MAX_ADD_LAYERS = 1024
+MAX_EXPERTS = 1024
 
 
 class CombinationError(ValueError):
@@ -92,12 +93,15 @@ class Recipe(BaseModel):
     device: Device = "auto"
     add_layers: int | None = Field(None, description="new decoder blocks (depth growth)")
     layer_placement: Placement = "even"
+    experts: int | None = Field(None, description="upcycle a dense model into E experts")
+    top_k: int | None = Field(None, description="experts per token when upcycling (default 2)")
 
     @model_validator(mode="before")
     @classmethod
-    def _depth_only(cls, data: object) -> object:
-        """`--add-layers K` alone deepens only: the factor defaults to 1 then."""
-        if isinstance(data, dict) and data.get("add_layers") and data.get("factor") is None:
+    def _growth_only(cls, data: object) -> object:
+        """`--add-layers K` or `--experts E` alone grows only that way: the factor is 1 then."""
+        grows = isinstance(data, dict) and (data.get("add_layers") or data.get("experts"))
+        if grows and data.get("factor") is None:
             return {**data, "factor": 1}
         return data
 
@@ -122,13 +126,35 @@ class Recipe(BaseModel):
             raise ValueError(f"must be an integer from 1 to {MAX_ADD_LAYERS}")
         return v
 
+    @field_validator("experts")
+    @classmethod
+    def _experts(cls, v: int | None) -> int | None:
+        if v is not None and not 2 <= v <= MAX_EXPERTS:
+            raise ValueError(f"must be an integer from 2 to {MAX_EXPERTS}")
+        return v
+
     @model_validator(mode="after")
     def _growth(self) -> Recipe:
-        if self.factor == 1 and not self.add_layers:
+        if self.factor == 1 and not (self.add_layers or self.experts):
             raise CombinationError(
-                "factor", f"must be an integer from 2 to {MAX_FACTOR} (1 only with --add-layers)"
+                "factor",
+                f"must be an integer from 2 to {MAX_FACTOR} (1 only with --add-layers or "
+                "--experts)",
+            )
+        if self.top_k is not None and not self.experts:
+            raise CombinationError("top_k", "applies only when upcycling; add --experts E")
+        if self.top_k is not None and not 1 <= self.top_k <= self.experts:
+            raise CombinationError(
+                "top_k", f"must be an integer from 1 to --experts {self.experts}"
             )
         return self
+
+    @property
+    def experts_per_token(self) -> int | None:
+        """Top-k when upcycling: `top_k`, or 2."""
+        if not self.experts:
+            return None
+        return self.top_k or min(2, self.experts)
 
     @field_validator("noise")
     @classmethod

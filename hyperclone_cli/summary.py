@@ -64,6 +64,9 @@ def setting_rows(plan: Plan) -> list[tuple[str, str]]:
     ]
     if plan.layer_map is not None:
         rows.append(("layers", f"{d.layers} → {len(plan.layer_map)}: {describe(plan.layer_map)}"))
+    if r.experts:
+        arch = ", ".join(plan.config.get("architectures") or [])
+        rows.append(("experts", f"upcycled into {arch}: {r.experts}, top-{r.experts_per_token}"))
     return rows
 
 

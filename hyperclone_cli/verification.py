@@ -153,7 +153,7 @@ def verify(
 
     Raises `HypercloneError` when a checkpoint cannot be loaded, when the source itself
     misses weights, or when streamed mode meets a layout it cannot read tensor by tensor
-    (checkpoints whose tensors transformers merges on load, such as per-expert MoE files).
+    (per-expert MoE tensors are read as the fused parameter transformers makes of them).
     """
     if _warming is not None:
         _warming.join()

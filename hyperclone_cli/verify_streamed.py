@@ -20,6 +20,7 @@ from torch import nn
 from hyperclone_cli import depth
 from hyperclone_cli.checkpoint import Checkpoint
 from hyperclone_cli.errors import HypercloneError
+from hyperclone_cli.merged import Merged, merge_plan
 from hyperclone_cli.verification import (
     CannotStream,
     LayerCheck,
@@ -143,7 +144,7 @@ def _stream_weights(
         aliases.setdefault(id(param), []).append(name)
 
     missing: list[str] = []
-    plan: dict[nn.Module, dict[str, str | None]] = {}
+    plan: dict[nn.Module, dict[str, str | Merged | None]] = {}
     for module_name, module in model.named_modules():
         own = dict(module.named_parameters(recurse=False))
         if not own:
@@ -157,7 +158,7 @@ def _stream_weights(
             if found is None:
                 missing.append(full)
             else:
-                used.add(found)
+                used.update(found.names if isinstance(found, Merged) else [found])
             plan[module][short] = found
 
     # Persistent buffers (rare in causal LMs) are small: load the ones on disk once.
@@ -180,6 +181,15 @@ def _stream_weights(
                 meta = placeholders[short]
                 if found is None:
                     value = torch.zeros(meta.shape, dtype=meta.dtype, device=device)
+                elif isinstance(found, Merged):  # per-expert tensors, stacked as on load
+                    value = found.read(lambda k: checkpoint.read(k, device))
+                    if tuple(value.shape) != tuple(meta.shape):
+                        raise HypercloneError(
+                            f"cannot load {checkpoint.path}: {found.names[0]} and its experts "
+                            f"make shape {tuple(value.shape)}, the config implies "
+                            f"{tuple(meta.shape)}"
+                        )
+                    value = value.to(dtype=meta.dtype)
                 else:
                     stored = on_disk[found].shape  # from the header: refuse before reading
                     if stored != tuple(meta.shape):
@@ -201,12 +211,12 @@ def _stream_weights(
     return sorted(missing), sorted(unexpected)
 
 
-def _stored_names(model: nn.Module, on_disk: Iterable[str], path: Path) -> dict[str, str]:
+def _stored_names(model: nn.Module, on_disk: Iterable[str], path: Path) -> dict[str, str | Merged]:
     """Model tensor name → its name on disk.
 
     transformers renames some tensors on load (Pythia's `embed_out` → `lm_head`, legacy
     `gamma`/`beta`, a missing or extra base-model prefix): apply its own rules. Tensors that
-    it merges on load (MoE experts stored one by one) cannot be read by name.
+    it merges on load (MoE experts stored one by one) are read as the merged parameter.
     """
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
@@ -224,17 +234,24 @@ def _stored_names(model: nn.Module, on_disk: Iterable[str], path: Path) -> dict[
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     expected = model.state_dict()
-    names = {}
+    names: dict[str, str | Merged] = {}
+    matches = []  # tensors a converter merges on load (MoE experts stored one by one)
     for key in on_disk:
         name, merged = rename_source_key(
             key, renamings, converters, model.base_model_prefix, expected
         )
         if merged is not None:
+            matches.append((key, name, merged))
+        else:
+            names[name] = key
+    if matches:
+        plan = merge_plan(matches, converters)
+        if plan is None:
             raise CannotStream(
                 f"streamed verify cannot read {path}: transformers merges tensors such as "
-                f"{key} when loading {type(model).__name__}; use full mode"
+                f"{matches[0][0]} when loading {type(model).__name__}; use full mode"
             )
-        names[name] = key
+        names.update(plan)
     return names
 
 

@@ -10,6 +10,7 @@ from .bitnet import BITNET
 from .bloom import BLOOM
 from .cohere import COHERE
 from .cpmant import CPMANT
+from .deepseek import DEEPSEEK
 from .diffllama import DIFFLLAMA
 from .doge import DOGE
 from .dory import DORY
@@ -23,6 +24,7 @@ from .gpt_neo import GPT_NEO
 from .gpt_neox import GPT_NEOX
 from .gpt_neox_japanese import GPT_NEOX_JAPANESE
 from .gptj import CODEGEN, GPTJ
+from .granitemoe import GRANITEMOE
 from .hunyuan import HUNYUAN_DENSE
 from .jais2 import JAIS2
 from .llama import LLAMA
@@ -39,6 +41,7 @@ from .llama_variants import (
     SEED_OSS,
     SMOLLM3,
 )
+from .mixtral import MIXTRAL, PHIMOE
 from .mla import MINICPM3, YOUTU
 from .modernbert import MODERNBERT_DECODER
 from .moshi import MOSHI
@@ -53,6 +56,7 @@ from .phi import PHI
 from .phi3 import PHI3
 from .qwen2 import QWEN2
 from .qwen3 import QWEN3
+from .qwen_moe import OLMOE, QWEN2_MOE, QWEN3_MOE
 from .refusals import refused
 from .stablelm import STABLELM
 from .starcoder2 import STARCODER2
@@ -115,6 +119,14 @@ FAMILIES: tuple[Family, ...] = (
     GPT_NEOX_JAPANESE,
     CPMANT,
     FUYU,
+    # mixture of experts
+    MIXTRAL,
+    PHIMOE,
+    QWEN2_MOE,
+    QWEN3_MOE,
+    OLMOE,
+    GRANITEMOE,
+    DEEPSEEK,
 )
 
 

@@ -43,6 +43,7 @@ class Role:
     # adds into the residual stream (attention output, MLP down projection, their biases):
     # zero in a block that --add-layers inserts, so the block starts as the identity
     writes_residual: bool = False
+    noisy: bool = True  # False for MoE routers and gates: their logits pick experts
 
 
 def linear(out: Space, inp: Space, **kw) -> Role:
@@ -139,6 +140,10 @@ class Family:
     # and why a block with zeroed residual writers would not be the identity, if it would not
     layer_index: str = ""
     depth_refusal: Callable[[dict], str | None] | None = None
+    # more FFN-like spaces (MoE experts, shared experts): (space, size key, multiplier key
+    # or None); the size is cfg[size key] (× cfg[multiplier key]); each widens by the FFN
+    # factor, and so does its size key in config.json
+    ffn_spaces: tuple[tuple[str, str, str | None], ...] = ()
 
     def role_of(self, name: str) -> Role | None:
         for pattern, role in self.tensors:
@@ -213,6 +218,15 @@ class Family:
         if not isinstance(sub, dict):
             raise HypercloneError(f"config.json: missing {self.config_path}")
         return sub
+
+    def ffn_space_sizes(self, cfg: dict) -> dict[str, int]:
+        """Source sizes of the extra FFN spaces (MoE experts, shared experts)."""
+        sizes = {}
+        for space, key, times in self.ffn_spaces:
+            if not cfg.get(key):
+                continue  # e.g. no shared expert
+            sizes[space] = cfg_int(cfg, key) * (cfg_int(cfg, times) if times else 1)
+        return sizes
 
 
 def _first_set(cfg: dict, keys: tuple[str, ...]) -> str | None:
