@@ -107,7 +107,12 @@ def loss_plot(res: dict, path: str) -> None:
                     fontsize=9,
                 )
             elif row == 0:
-                ax.set_title(f"{name}: {a['label']}\nrandom's final not reached", fontsize=9)
+                why = (
+                    "random's final not reached"
+                    if a.get("seeds_run")
+                    else "not run (incomplete run)"
+                )
+                ax.set_title(f"{name}: {a['label']}\n{why}", fontsize=9)
             ax.grid(alpha=0.3)
             ax.set_xlabel("steps of the large model" if row == 0 else "training FLOPs")
             if j == 0:
@@ -138,7 +143,8 @@ def speedup_plot(res: dict, path: str) -> None:
         for i, name in enumerate(arms):
             a = sm["arms"][name][key]
             if a["mean"] is None:
-                ax.text(i, 0.05, "never", ha="center", fontsize=8)
+                ran = sm["arms"][name].get("seeds_run")
+                ax.text(i, 0.05, "never" if ran else "not run", ha="center", fontsize=8)
                 continue
             ax.bar(i, a["mean"], color=plt.get_cmap("tab10")(i), alpha=0.75, width=0.6)
             ax.errorbar(

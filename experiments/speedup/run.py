@@ -110,6 +110,7 @@ FULL = dict(
     eval_every=20,
     eval_windows=128,
     verify=True,
+    grown_lrs=None,
 )
 # --large: the budget of the first version of this experiment (800 steps per large model),
 # ~2.5x the compute of FULL (meant for --device cuda).
@@ -163,6 +164,12 @@ def parse_args(argv=None):
     p.add_argument("--small-lr", type=float)
     p.add_argument("--wide-steps", type=int)
     p.add_argument("--lrs", type=float, nargs="+", help="peak-LR sweep, same for every arm")
+    p.add_argument(
+        "--grown-lrs",
+        type=float,
+        nargs="+",
+        help="a different sweep for the grown arms (default: --lrs); only for pilots",
+    )
     p.add_argument("--warmup", type=int, help="warm-up steps of the random-init controls")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="schedule study")
     p.add_argument("--schedule-arm", help="arm of the schedule study (and small-length study)")
@@ -470,6 +477,7 @@ class Experiment:
         cfg, s0 = self.cfg, self.s0
         main_n, alt_n = cfg["small_steps"], cfg["alt_small_steps"]
         lrs = cfg["lrs"]
+        glrs = cfg.get("grown_lrs") or lrs  # the same sweep unless asked otherwise
         sarm = cfg["schedule_arm"]
         # random controls: seed-0 sweep -> choice by final loss -> other seeds
         for t in self.targets:
@@ -488,14 +496,14 @@ class Experiment:
         # schedule study: every shape x every peak, seed 0, the schedule arm
         if (sarm, s0, main_n) in self.grown:
             for shape in cfg["shapes"]:
-                for lr in lrs:
+                for lr in glrs:
                     self.enqueue((2,), self.grown_job(sarm, s0, main_n, shape, lr))
         if self.winner is None and sarm in self.arms:
             tgt = self.random_final(self.arms[sarm]["target"], s0)
             ids = [
                 f"grown/{sarm}/s{s0}/n{main_n}/{sh}/lr{fmt_lr(lr)}"
                 for sh in cfg["shapes"]
-                for lr in lrs
+                for lr in glrs
             ]
             if tgt is not None and all(i in self.runs for i in ids):
                 best = min(ids, key=lambda i: self.score(self.runs[i]["curve"], tgt))
@@ -505,12 +513,12 @@ class Experiment:
         if self.winner is not None:
             for name in self.arms:
                 if (name, s0, main_n) in self.grown:
-                    for lr in lrs:
+                    for lr in glrs:
                         self.enqueue((3,), self.grown_job(name, s0, main_n, self.winner, lr))
                 if name in self.arm_choice:
                     continue
                 tgt = self.random_final(self.arms[name]["target"], s0)
-                ids = [f"grown/{name}/s{s0}/n{main_n}/{self.winner}/lr{fmt_lr(lr)}" for lr in lrs]
+                ids = [f"grown/{name}/s{s0}/n{main_n}/{self.winner}/lr{fmt_lr(lr)}" for lr in glrs]
                 if tgt is not None and all(i in self.runs for i in ids):
                     best = min(ids, key=lambda i: self.score(self.runs[i]["curve"], tgt))
                     lr = self.runs[best]["job"]["lr"]

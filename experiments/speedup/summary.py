@@ -182,6 +182,8 @@ def claim(row: dict, n_seeds: int) -> str:
         return f"incomplete: {row['seeds_run']} of {n_seeds} seeds were run"
     if sp["n"] < n_seeds:
         return f"none: random's final not reached in {n_seeds - sp['n']} of {n_seeds} seeds"
+    if any(p["speedup_lower_bound"] for p in row["per_seed"].values()):
+        return "none in steps: below random's final from step 0 (the small model alone is)"
     if sp["min"] >= 2:
         return f">= 2x on every seed (>= {sp['min']:.2f}x)"
     if sp["min"] > 1:
