@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 HC     := $(VENV)/bin/hyperclone
 
-.PHONY: install demo test test-fast lint bench bench-gpu speedup speedup-quick coverage clean
+.PHONY: install demo test test-fast lint bench bench-gpu speedup speedup-quick speedup-gpu coverage clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ speedup: install
 
 speedup-quick: install
 	$(PY) experiments/speedup/run.py --quick
+
+# The same experiment on a CUDA machine: the default budget, then 800 steps per large model
+# (--large) with a wider sweep; ~5 min together on one H100.
+speedup-gpu: install
+	$(PY) experiments/speedup/run.py --device cuda --jobs 6 --threads 6 \
+		--out experiments/speedup/results-gpu
+	$(PY) experiments/speedup/run.py --device cuda --jobs 10 --threads 10 --large \
+		--lrs 3e-4 1e-3 3e-3 --shapes base short-warmup no-warmup rewarm \
+		--out experiments/speedup/results-gpu-large
 
 # Every causal-LM model type in the installed transformers, built tiny, widened x2 and x3,
 # checked independently: docs/coverage.md and docs/coverage.json (~10 min on 2 cores).

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -157,11 +158,12 @@ def small_config(a: SmallArch):
 
 
 def new_model(config, seed: int):
-    from transformers import LlamaForCausalLM
+    """Random init of any causal-LM config (the control arms), seeded, float32."""
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).float()
+    return AutoModelForCausalLM.from_config(config).float()
 
 
 def load_model(path: str):
@@ -171,24 +173,77 @@ def load_model(path: str):
     return m.float()
 
 
-def matmul_flops_per_token(config, seq: int) -> float:
-    """Forward FLOPs per token (2 per multiply-add): every Linear incl. lm_head + attention."""
-    h, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
+def load_config(path: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
+
+
+def _n_experts(config) -> tuple[int, int]:
+    """(experts, experts per token) of an MoE config; (1, 1) for a dense one."""
+    e = 1
+    for k in ("num_local_experts", "num_experts", "n_routed_experts"):
+        if getattr(config, k, None):
+            e = int(getattr(config, k))
+            break
+    k = int(getattr(config, "num_experts_per_tok", None) or getattr(config, "top_k", 1) or 1)
+    return e, min(k, e)
+
+
+def model_stats(config, seq: int) -> dict:
+    """Parameters (all, and active per token) and forward FLOPs per token of a config.
+
+    FLOPs = 2 per multiply-add over every matrix a token goes through (lm_head included, the
+    embedding lookup not; of an MoE's experts only the top-k of E) + the attention products
+    (QK^T and AV over a causal window of seq/2 on average). Read from the model's own
+    parameter shapes (built on the meta device), so it follows whatever the CLI produced.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(config)
+    e, k = _n_experts(config)
+    total, active, mat = 0, 0.0, 0.0
+    for name, p in m.named_parameters():
+        n = p.numel()
+        total += n
+        share = (k / e) if ("experts" in name and e > 1) else 1.0
+        active += n * share
+        if p.dim() >= 2 and "embed_tokens" not in name and "embed_positions" not in name:
+            mat += n * share
+    layers = config.num_hidden_layers
+    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     q = config.num_attention_heads * hd
-    kv = config.num_key_value_heads * hd
-    per_layer = h * q + 2 * h * kv + q * h + 3 * h * f
-    attn = 2 * q * seq  # QK^T and AV, causal average ~ seq/2 each, x2 for both
-    return 2 * (L * per_layer + h * config.vocab_size) + L * attn
+    attn = 2 * q * seq  # QK^T and AV, causal average ~ seq/2 each, x2 flops per multiply-add
+    return {
+        "params": total,
+        "active_params": int(active),
+        "flops_per_token": 2 * mat + layers * attn,
+        "layers": layers,
+        "hidden": config.hidden_size,
+        "intermediate": getattr(config, "intermediate_size", None),
+        "heads": config.num_attention_heads,
+        "experts": e,
+        "top_k": k,
+        "model_type": config.model_type,
+    }
+
+
+def matmul_flops_per_token(config, seq: int) -> float:
+    return model_stats(config, seq)["flops_per_token"]
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to `peak`, then cosine down to `min_ratio * peak` at `total`."""
+def lr_at(
+    step: int, peak: float, warmup: int, total: int, min_ratio: float, start: float = 0.0
+) -> float:
+    """Linear warm-up from `start` (0: from zero) to `peak`, then cosine down to
+    `min_ratio * peak` at `total`."""
     if step < warmup:
-        return peak * (step + 1) / warmup
+        return start + (peak - start) * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
@@ -202,7 +257,7 @@ def evaluate(model, windows: torch.Tensor, bs: int = 64) -> float:
         x = windows[i : i + bs]
         logits = model(input_ids=x[:, :-1]).logits
         tot += F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum"
+            logits.reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1), reduction="sum"
         ).item()
         n += x[:, 1:].numel()
     model.train(was)
@@ -231,11 +286,13 @@ def train(
     *,
     lr: float,
     warmup: int,
+    warmup_start: float = 0.0,
     min_lr_ratio: float = 0.1,
     weight_decay: float = 0.1,
     clip: float = 1.0,
     eval_every: int = 50,
     symmetry=None,
+    device: str = "cpu",
     log=print,
     tag: str = "",
 ) -> dict:
@@ -243,16 +300,21 @@ def train(
     steps, _ = offsets.shape
     seq = windows.shape[1] - 1
     all_windows = train_tokens.unfold(0, seq + 1, 1)
+    model.to(device)
+    windows = windows.to(device)
     opt = make_optimizer(model, lr, weight_decay)
     model.train()
     curve = {"step": [], "val_loss": [], "train_loss": [], "lr": [], "symmetry": []}
+
+    def sched(step):
+        return lr_at(step, lr, warmup, steps, min_lr_ratio, warmup_start)
 
     def record(step, train_loss):
         v = evaluate(model, windows)
         curve["step"].append(step)
         curve["val_loss"].append(v)
         curve["train_loss"].append(train_loss)
-        curve["lr"].append(lr_at(min(step, steps - 1), lr, warmup, steps, min_lr_ratio))
+        curve["lr"].append(sched(min(step, steps - 1)))
         if symmetry is not None:
             curve["symmetry"].append(symmetry(model))
         return v
@@ -265,8 +327,8 @@ def train(
     for step in range(steps):
         ts = time.time()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr, warmup, steps, min_lr_ratio)
-        x = all_windows[offsets[step]]
+            g["lr"] = sched(step)
+        x = all_windows[offsets[step]].to(device, non_blocking=True)
         logits = model(input_ids=x[:, :-1]).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -274,19 +336,21 @@ def train(
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
+        lv = loss.item()
         t_train += time.time() - ts
-        running += loss.item()
+        running += lv
         nrun += 1
-        if not math.isfinite(loss.item()):
+        if not math.isfinite(lv):
             log(f"{tag} diverged at step {step + 1}")
             curve["diverged"] = step + 1
             break
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             v = record(step + 1, running / nrun)
-            log(
-                f"{tag} step {step + 1} train {running / nrun:.4f} val {v:.4f} "
-                f"({t_train / (step + 1) * 1000:.0f} ms/step)"
-            )
+            if (step + 1) % (4 * eval_every) == 0 or step + 1 == steps:
+                log(
+                    f"{tag} step {step + 1} train {running / nrun:.4f} val {v:.4f} "
+                    f"({t_train / (step + 1) * 1000:.0f} ms/step)"
+                )
             running, nrun = 0.0, 0
     curve["seconds_train"] = t_train
     curve["seconds_total"] = time.time() - t0
@@ -294,16 +358,9 @@ def train(
     return curve
 
 
-def load_config(path: str):
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(path)
-
-
 def train_job(job: dict) -> dict:
-    """One training run (the small model, or a wide arm at one peak LR), in a worker process."""
-    from transformers import LlamaConfig
-
+    """One training run (a small model, a random-init control or a grown model) in a worker
+    process. `path`: start from that checkpoint; else random init of `config_dir`'s config."""
     torch.set_num_threads(job["threads"])
     data = build_data(job["work"], job["vocab"])
     windows = val_windows(data["val"], job["seq"], job["eval_windows"])
@@ -313,7 +370,7 @@ def train_job(job: dict) -> dict:
     if job.get("path"):
         model = load_model(job["path"])
     else:
-        model = new_model(LlamaConfig.from_dict(job["config"]), seed=job["init_seed"])
+        model = new_model(load_config(job["config_dir"]), seed=job["init_seed"])
     logf = open(job["log_path"], "a")  # noqa: SIM115
 
     def log(msg: str) -> None:
@@ -322,7 +379,9 @@ def train_job(job: dict) -> dict:
         logf.write(line + "\n")
         logf.flush()
 
-    shapes = job.get("small_shapes")
+    probe = None
+    if job.get("small_shapes"):
+        probe = symmetry_probe(model, job["small_shapes"], factor=job.get("factor", 1))
     curve = train(
         model,
         data["train"],
@@ -330,65 +389,118 @@ def train_job(job: dict) -> dict:
         windows,
         lr=job["lr"],
         warmup=job["warmup"],
+        warmup_start=job.get("warmup_start", 0.0),
         eval_every=job["eval_every"],
-        symmetry=symmetry_probe(shapes, factor=2) if shapes else None,
+        symmetry=probe,
+        device=job.get("device", "cpu"),
         log=log,
-        tag=f"{job['name']} lr={job['lr']:g}",
+        tag=job["id"],
     )
     if job.get("save_to"):
         if os.path.exists(job["save_to"]):
             import shutil
 
             shutil.rmtree(job["save_to"])
-        model.save_pretrained(job["save_to"], safe_serialization=True)
+        model.to("cpu").save_pretrained(job["save_to"], safe_serialization=True)
     logf.close()
     return curve
 
 
 # ----------------------------------------------------------------------------- symmetry
 
+_LAYER = re.compile(r"layers\.(\d+)\.")
 
-def symmetry_probe(small_shapes: dict[str, tuple[int, ...]], factor: int = 2):
-    """Cosine similarity between the cloned copies of each weight, per layer.
 
-    HyperCloning lays the copies of a widened axis out as `factor` equal blocks (hidden
-    vector [x; x], heads [h_0..h_{H-1}, h_0..h_{H-1}], MLP units [u; u]). For every weight
-    matrix and every widened axis we split it into those blocks and take the cosine between
-    block 0 and block 1, flattened. 1.0 = the copies are still identical (symmetry intact);
-    a random-init wide model gives ~0.
+def _cos(a, b) -> float:
+    return F.cosine_similarity(a.reshape(1, -1).float(), b.reshape(1, -1).float()).item()
+
+
+def symmetry_probe(model, small_shapes: dict[str, tuple[int, ...]], factor: int = 2):
+    """How far the grown model's copies have drifted apart; a function of the model.
+
+    - width (factor > 1): HyperCloning lays the copies of a widened axis out as `factor`
+      equal blocks (hidden vector [x; x], heads [h_0..h_{H-1}, h_0..h_{H-1}], MLP units
+      [u; u]). For every weight matrix and widened axis: cosine between block 0 and block 1.
+    - depth: a block the CLI inserted (found at step 0 as a layer with an all-zero matrix:
+      the identity block's output projections) against the original layer it copies (the
+      most similar one at step 0), over its matrices that are not zero.
+    - experts: mean cosine between expert 0 and each other expert of the same layer.
+
+    1.0 = copies still identical; a random-init model gives ~0. Keys that do not apply are
+    absent.
     """
+    named0 = {n.removeprefix("model."): p.detach().clone() for n, p in model.named_parameters()}
+    generic = {_LAYER.sub("layers.0.", k): s for k, s in small_shapes.items()}
 
-    def cos(a, b):
-        return F.cosine_similarity(a.reshape(1, -1), b.reshape(1, -1)).item()
+    # depth: which layers are new, and whose copies they are
+    by_layer: dict[int, dict[str, torch.Tensor]] = {}
+    for k, t in named0.items():
+        m = _LAYER.search(k)
+        if m and t.dim() >= 2 and "experts" not in k:
+            by_layer.setdefault(int(m.group(1)), {})[_LAYER.sub("layers.#.", k)] = t
+    new = {i for i, ms in by_layer.items() if any(float(t.abs().max()) == 0.0 for t in ms.values())}
+    old = sorted(set(by_layer) - new)
+    pairs = {}
+    for i in sorted(new):
+        live = [k for k, t in by_layer[i].items() if float(t.abs().max()) > 0]
+        if not live or not old:
+            continue
 
-    def probe(model) -> dict:
-        per_layer: dict[str, list[float]] = {}
-        rows, cols = [], []
-        for name, p in model.named_parameters():
-            key = name.removeprefix("model.")
-            if key not in small_shapes or p.dim() != 2:
+        def sim(j, i=i, live=live):
+            return sum(_cos(by_layer[i][k], by_layer[j][k]) for k in live) / len(live)
+
+        src = max(old, key=sim)
+        pairs[i] = (src, live)
+
+    def probe(m) -> dict:
+        params = {n.removeprefix("model."): p.detach() for n, p in m.named_parameters()}
+        out: dict[str, float] = {}
+        if factor > 1:
+            per_layer: dict[str, list[float]] = {}
+            rows, cols = [], []
+            for key, W in params.items():
+                s = generic.get(_LAYER.sub("layers.0.", key))
+                if s is None or W.dim() != 2 or len(s) != 2:
+                    continue
+                mm = _LAYER.search(key)
+                group = f"layer{mm.group(1)}" if mm else ("embed" if "embed" in key else "head")
+                vals = per_layer.setdefault(group, [])
+                if W.shape[0] == factor * s[0]:
+                    c = _cos(W[: s[0]], W[s[0] : 2 * s[0]])
+                    vals.append(c)
+                    rows.append(c)
+                if W.shape[1] == factor * s[1]:
+                    c = _cos(W[:, : s[1]], W[:, s[1] : 2 * s[1]])
+                    vals.append(c)
+                    cols.append(c)
+            out |= {k: sum(v) / len(v) for k, v in per_layer.items() if v}
+            if rows:
+                out["mean_rows"] = sum(rows) / len(rows)  # copies of output units
+            if cols:
+                out["mean_cols"] = sum(cols) / len(cols)  # weights read from the copies
+            if rows or cols:
+                out["mean"] = sum(rows + cols) / len(rows + cols)
+        if pairs:
+            vals = []
+            for i, (j, live) in pairs.items():
+                for k in live:
+                    a = params[k.replace("layers.#.", f"layers.{i}.")]
+                    b = params[k.replace("layers.#.", f"layers.{j}.")]
+                    vals.append(_cos(a, b))
+            out["depth"] = sum(vals) / len(vals)
+        ex = []
+        for key, W in params.items():
+            if "experts" not in key:
                 continue
-            W = p.detach()
-            s = small_shapes[key]
-            if key.startswith("layers."):
-                group = "layer" + key.split(".")[1]
-            elif "embed" in key:
-                group = "embed"
-            else:
-                group = "lm_head"
-            vals = per_layer.setdefault(group, [])
-            if W.shape[0] == factor * s[0]:
-                c = cos(W[: s[0]], W[s[0] : 2 * s[0]])
-                vals.append(c)
-                rows.append(c)
-            if W.shape[1] == factor * s[1]:
-                c = cos(W[:, : s[1]], W[:, s[1] : 2 * s[1]])
-                vals.append(c)
-                cols.append(c)
-        out = {k: sum(v) / len(v) for k, v in per_layer.items() if v}
-        out["mean_rows"] = sum(rows) / len(rows)  # copies of output units
-        out["mean_cols"] = sum(cols) / len(cols)  # weights read from the copies of an input
-        out["mean"] = sum(rows + cols) / len(rows + cols)
+            if W.dim() == 3 and W.shape[0] > 1:  # fused (E, out, in)
+                ex += [_cos(W[0], W[j]) for j in range(1, W.shape[0])]
+            elif re.search(r"experts\.0\.", key):
+                j = 1
+                while (k2 := re.sub(r"experts\.0\.", f"experts.{j}.", key)) in params:
+                    ex.append(_cos(W, params[k2]))
+                    j += 1
+        if ex:
+            out["experts"] = sum(ex) / len(ex)
         return out
 
     return probe
@@ -407,6 +519,17 @@ def first_step_reaching(curve: dict, target: float) -> int | None:
         if v <= target:
             return s
     return None
+
+
+def steps_to_target(curve: dict, target: float) -> int | None:
+    """First evaluated step from which the validation loss stays <= target to the end
+    (None if the run ends above it). Same as first_step_reaching for a curve that crosses
+    once; for a grown model that starts below the target and jumps above it after the LR
+    warm-up, it counts the steps spent recovering from the jump."""
+    reach = None
+    for s, v in zip(curve["step"], curve["val_loss"], strict=False):
+        reach = (s if reach is None else reach) if v <= target else None
+    return reach
 
 
 def dump_json(obj, path: str) -> None:
