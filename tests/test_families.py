@@ -240,8 +240,22 @@ def assert_same_function(src_logits, src_tokens, dst: Path) -> float:
     scale = src_logits.abs().max().item()
     assert diff <= 2e-5 * max(1.0, scale), f"max |Δlogit| {diff:.3g} (logits up to {scale:.3g})"
     assert torch.equal(out.argmax(-1), src_logits.argmax(-1))
-    assert _greedy_agrees(wide, src_tokens)
+    if src_tokens is not None:  # None: generate() needs inputs a forward does not (CPM-Ant)
+        assert _greedy_agrees(wide, src_tokens)
     return diff
+
+
+def assert_deepens_or_refuses(src, src_logits, src_tokens, dst: Path, refused: str | None):
+    """`--factor 2 --add-layers 2`: the same function with two new blocks, or a refusal
+    whose message matches `refused` (the feature that keeps a zeroed block from being the
+    identity)."""
+    if refused:
+        with pytest.raises(HypercloneError, match=refused):
+            expand(src, dst, verify=False, factor=2, add_layers=2)
+        return
+    plan = expand(src, dst, verify=False, factor=2, add_layers=2).plan
+    assert plan.config["hyperclone"]["layer_map"].count("new") == 2
+    assert_same_function(src_logits, src_tokens, dst)
 
 
 @pytest.mark.parametrize("name,opts", _cases())

@@ -11,7 +11,7 @@ import json
 import pytest
 import tiny
 import torch
-from test_families import IDS, _greedy, assert_same_function
+from test_families import IDS, _greedy, assert_deepens_or_refuses, assert_same_function
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hyperclone_cli.errors import HypercloneError
@@ -232,12 +232,5 @@ DEPTH_REFUSED = {
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_dense_family_deepens_exactly_or_refuses(sources, tmp_path, name):
-    src, src_logits, src_tokens = sources(name)
     refused = next((v for k, v in DEPTH_REFUSED.items() if name.startswith(k)), None)
-    if refused:
-        with pytest.raises(HypercloneError, match="--add-layers"):
-            expand(src, tmp_path / "deep", verify=False, factor=2, add_layers=2)
-        return
-    plan = expand(src, tmp_path / "deep", verify=False, factor=2, add_layers=2).plan
-    assert plan.config["hyperclone"]["layer_map"].count("new") == 2
-    assert_same_function(src_logits, src_tokens, tmp_path / "deep")
+    assert_deepens_or_refuses(*sources(name), tmp_path / "deep", refused)
