@@ -23,7 +23,7 @@ import torch
 from . import fastpath
 from .families.base import IN, OUT
 from .fastpath import Alloc
-from .noise import Noise, NoiseStream, noise_std
+from .noise import Noise, NoiseBank, NoiseStream, Request, noise_std
 
 
 def tile_map(size: int, n: int) -> torch.Tensor:
@@ -93,6 +93,7 @@ def widen(
     out_dtype: torch.dtype | None = None,
     max_chunk_elements: int = 1 << 24,
     alloc: Alloc | None = None,
+    bank: NoiseBank | None = None,
 ) -> Iterator[torch.Tensor]:
     """Widen `w` and yield the target tensor in row chunks (axis 0), in order.
 
@@ -103,6 +104,7 @@ def widen(
     The reference route below computes in float32 (float64 for float64 tensors) and casts
     once; fastpath.py gives the same bytes faster where it can. `alloc(shape, dtype)`, when
     given, provides the memory of the yielded chunks (a writer can then reuse it).
+    `bank` may hold the noise's draws already (see `noise_requests`); bytes are the same.
     """
     if w.dim() != len(axes):
         raise ValueError(f"tensor has {w.dim()} dims but {len(axes)} axis maps were given")
@@ -112,10 +114,7 @@ def widen(
         return
     work_dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
     device = w.device
-    in_axes = [k for k, a in enumerate(axes) if a.side == IN and a.widened]
-    if len(in_axes) > 1:
-        raise ValueError("at most one input axis may widen")
-    in_axis = in_axes[0] if in_axes else None
+    in_axis = _in_axis(axes)
     idxs = [a.idx.to(device) for a in axes]
     target_shape = tuple(a.target_size for a in axes)
 
@@ -134,10 +133,7 @@ def widen(
     stream = None
     if noise is not None and in_axis is not None:
         std = noise_std(w, axes[in_axis].factor, noise.snr_db)
-        # noise is laid out with the input axis last; its rows are axis 0 unless that is it
-        perm = [k for k in range(w.dim()) if k != in_axis] + [in_axis]
-        shape = tuple(target_shape[k] for k in perm)
-        stream = NoiseStream(shape, axes[in_axis].idx, axes[in_axis].source_size, std, tensor_seed)
+        stream = _noise_stream(axes, in_axis, std, tensor_seed, bank)
 
     runs = [fastpath.runs(a.idx) for a in axes]
     fast = fastpath.route(
@@ -177,6 +173,38 @@ def widen(
             yield alloc(tuple(c.shape), out_dtype).copy_(c)  # what .to() does, in given memory
         else:
             yield c.to(out_dtype).contiguous()
+
+
+def _in_axis(axes: tuple[AxisMap, ...]) -> int | None:
+    in_axes = [k for k, a in enumerate(axes) if a.side == IN and a.widened]
+    if len(in_axes) > 1:
+        raise ValueError("at most one input axis may widen")
+    return in_axes[0] if in_axes else None
+
+
+def _noise_stream(
+    axes: tuple[AxisMap, ...], in_axis: int, std: float, seed: int, bank: NoiseBank | None
+) -> NoiseStream:
+    # noise is laid out with the input axis last; its rows are axis 0 unless that is it
+    perm = [k for k in range(len(axes)) if k != in_axis] + [in_axis]
+    shape = tuple(axes[k].target_size for k in perm)
+    return NoiseStream(shape, axes[in_axis].idx, axes[in_axis].source_size, std, seed, bank)
+
+
+def noise_requests(
+    axes: tuple[AxisMap, ...], tensor_seed: int, max_chunk_elements: int = 1 << 24
+) -> list[Request]:
+    """The draws `widen(…, noise=…, tensor_seed, max_chunk_elements)` will ask for, in order,
+    known before the weights are read: a NoiseBank makes them ahead."""
+    in_axis = _in_axis(axes)
+    if in_axis is None:
+        return []
+    stream = _noise_stream(axes, in_axis, 1.0, tensor_seed, None)
+    target_shape = tuple(a.target_size for a in axes)
+    if in_axis == 0:  # the noise's rows are another axis: all of them at once (see widen)
+        return [stream.request(0, stream.shape[0])]
+    chunks = _row_chunks(target_shape, in_axis, max_chunk_elements, stream)
+    return [stream.request(r0, r1) for r0, r1 in chunks]
 
 
 def _row_chunks(

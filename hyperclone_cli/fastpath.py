@@ -2,8 +2,10 @@
 
 - an index map as contiguous runs: a tile map `[0…d, 0…d]` is two block copies, not a gather;
 - bf16/fp16 kept in their dtype where only powers of two multiply them (exact, and torch
-  rounds a half-precision product once from float32, just as the cast would);
-- noise for two copies (`+η, −η`) computed once per source column, in float32 buffers;
+  rounds a half-precision product once from float32, just as the cast would); float32 and
+  float64 where the reference rounds once as well;
+- noise for two copies (`+η, −η`) computed once per source column, written straight into
+  both copies;
 - chunk memory from the caller (`alloc`), so a writer can reuse a written chunk's buffer.
 
 tests/test_clone_exact.py pins every route here byte for byte against the reference.
@@ -34,14 +36,30 @@ def exact_multiplier(
     in_div: torch.Tensor | None,
     diagonal: bool,
 ) -> float | torch.Tensor | None:
-    """The multiplier (a number, or one per in-axis index) that gives, in `w`'s own
-    half-precision dtype, exactly the bytes of the float32 route; None where it cannot."""
-    if w.dtype not in (torch.bfloat16, torch.float16) or out_dtype != w.dtype:
+    """The multiplier (a number, or one per in-axis index) that gives, in `w`'s own dtype,
+    exactly the bytes of the reference route; None where it cannot. Half precision: where
+    only powers of two multiply (exact in the float32 the reference computes in). float32
+    and float64 (the reference's own dtype): where the reference rounds once too, the same
+    real number is rounded once (a scale, or a power-of-two divisor alone)."""
+    if out_dtype != w.dtype:
+        return None
+    if w.dtype in (torch.float32, torch.float64):
+        if in_div is None or diagonal:
+            multiplier: float | torch.Tensor = scale
+        elif scale != 1.0:
+            return None  # the reference divides, then scales: two roundings
+        else:
+            divisors = torch.unique(in_div.cpu()).tolist()
+            if not all(is_pow2(d) for d in divisors):
+                return None
+            multiplier = 1 / divisors[0] if len(divisors) == 1 else (1 / in_div).to(w.dtype)
+        return multiplier if _all_finite(w) else None
+    if w.dtype not in (torch.bfloat16, torch.float16):
         return None
     if not is_pow2(scale):
         return None
     if in_div is None or diagonal:
-        multiplier: float | torch.Tensor = scale
+        multiplier = scale
     else:
         divisors = torch.unique(in_div.cpu()).tolist()
         if not all(is_pow2(d) and is_pow2(scale / d) for d in divisors):
@@ -157,7 +175,7 @@ def route(
         if scale != 1.0 or keep is not None or not noise_fits(stream, w, in_axis):
             return None
         return lambda r0, r1: paired_noise(
-            w, idxs[0][r0:r1], stream, r0, r1, work_dtype, out_dtype, alloc
+            w, block_runs[0], idxs[0], stream, r0, r1, work_dtype, out_dtype, alloc
         )
     exact = exact_multiplier(w, out_dtype, scale, in_axis, in_div, keep is not None)
     if exact is None:
@@ -181,7 +199,8 @@ def noise_fits(stream: NoiseStream, w: torch.Tensor, in_axis: int) -> bool:
 
 def paired_noise(
     w: torch.Tensor,
-    rows: torch.Tensor,
+    row_runs: list[tuple[int, int, int]],
+    row_idx: torch.Tensor,
     stream: NoiseStream,
     r0: int,
     r1: int,
@@ -189,20 +208,29 @@ def paired_noise(
     out_dtype: torch.dtype,
     alloc: Alloc | None = None,
 ) -> torch.Tensor:
-    """Rows r0:r1 (source rows `rows`) of the reference's `cast(W/2 + η)` and `cast(W/2 − η)`,
-    computed once per source column rather than per target column, from float32 buffers:
-    mixed-dtype and strided ops are several times slower."""
-    half = w.index_select(0, rows).to(work_dtype).div_(2)  # (rows, in): W/2, as the reference
-    # (rows, outer, inner): drawn on the CPU, so every device gets the same numbers
-    e = stream.half(r0, r1, pin=w.is_cuda).to(w.device, non_blocking=True)
+    """Rows r0:r1 of the reference's `cast(W/2 + η)` and `cast(W/2 − η)`, computed once per
+    source column rather than per target column: `W/2` per run of source rows, then one add
+    and one subtract written straight into the two copies (cast on the way)."""
+    # unit draws made on w's device (the same numbers on every device), scaled there
+    e = stream.half_unit(r0, r1, w.device)
+    e.mul_(stream.std)  # (rows, outer, inner): η, one float32 product as the reference's
     shape = (r1 - r0, 2 * w.shape[1])
     if alloc is not None:
         out = alloc(shape, out_dtype)
     else:
         out = torch.empty(shape, dtype=out_dtype, device=w.device)
     copies = out.view(*e.shape[:-1], 2, e.shape[-1])
-    half = half.view(e.shape)
-    total = torch.add(half, e.to(work_dtype))
-    copies.select(-2, 0).copy_(total)
-    copies.select(-2, 1).copy_(torch.sub(half, e.to(work_dtype), out=total))  # h - e == h + (-e)
+    runs = [
+        (lo - r0, s + lo - t, hi - lo)
+        for t, s, n in row_runs
+        if (lo := max(t, r0)) < (hi := min(t + n, r1))
+    ]
+    if len(runs) > MAX_BLOCKS:
+        runs = [(0, -1, r1 - r0)]  # scattered rows: one gather
+    for t, s, n in runs:
+        src = w.index_select(0, row_idx[r0:r1]) if s < 0 else w.narrow(0, s, n)
+        half = src.to(work_dtype).div_(2) if src.dtype != work_dtype or s < 0 else src / 2
+        half = half.view(n, *e.shape[1:])  # W/2, as the reference
+        torch.add(half, e[t : t + n], out=copies[t : t + n].select(-2, 0))
+        torch.sub(half, e[t : t + n], out=copies[t : t + n].select(-2, 1))  # h - e == h + (-e)
     return out

@@ -4,11 +4,12 @@ anything else leaves no trace but the error."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from .depth import describe
 from .errors import HypercloneError
 from .hub import resolve_source
 from .modelcard import model_card
+from .noise import NoiseBank
 from .plan import Plan, TensorPlan, make_plan
 from .recipe import Recipe, build_recipe
 from .staging import check_destination, staged_output
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 # noisy tensors go the float32 route with a few temporaries per chunk: smaller chunks stay
 # in cache (the noise itself is drawn per fixed row block, so the bytes do not depend on it)
 NOISE_CHUNK_ELEMENTS = 1 << 22
+# unit noise drawn ahead of the widening (a NoiseBank): a few chunks' worth, float32
+NOISE_AHEAD_ELEMENTS = 4 * NOISE_CHUNK_ELEMENTS
 
 
 @dataclass
@@ -100,8 +104,8 @@ def resolve_device(name: str) -> torch.device:
 def expand_device(name: str, noise: bool) -> torch.device:
     """Where to widen. `auto` is the CPU for a plain widening: it is block copies, which the
     CPU does at memory speed, while a GPU adds two PCIe crossings per byte for nothing.
-    With noise, the GPU (when present) does the float32 arithmetic, leaving every core to
-    draw the noise (drawn on the CPU on every device, for the same bytes)."""
+    With noise, the GPU (when present) draws the noise and does the float32 arithmetic where
+    the weights are (the same bytes as the CPU's)."""
     if name == "auto":
         return resolve_device("auto") if noise else torch.device("cpu")
     return resolve_device(name)
@@ -200,7 +204,10 @@ def write_shards(
         # reused chunk buffers: the CPU computes into them; a GPU's chunks are copied into
         # them (pinned) on a side stream while it computes the next ones
         on_gpu = device.type == "cuda"
-        with BackgroundWriter(out_dir, pooled=True, pinned=on_gpu, progress=progress) as writer:
+        with (
+            noise_bank(plan, device) as bank,
+            BackgroundWriter(out_dir, pooled=True, pinned=on_gpu, progress=progress) as writer,
+        ):
             for shard in plan.shards:
                 writer.start_shard(shard.file, [t.entry for t in shard.tensors])
                 for t in shard.tensors:
@@ -226,6 +233,7 @@ def write_shards(
                         out_dtype=t.dtype,
                         max_chunk_elements=_chunk_elements(t),
                         alloc=None if on_gpu else writer.alloc,
+                        bank=bank,
                     )
                     if t.block_noise:
                         chunks = depth.with_block_noise(chunks, w, t, recipe.noise, recipe.seed)
@@ -236,6 +244,29 @@ def write_shards(
             return writer.finish()
     finally:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def noise_bank(plan: Plan, device: torch.device) -> Iterator[NoiseBank | None]:
+    """With noise on the CPU: the unit draws of every noisy tensor, in plan order, made
+    ahead in a background thread (NOISE_AHEAD_ELEMENTS at most), so they overlap reads and
+    writes. (A GPU draws its noise itself, where it adds it.)"""
+    if plan.recipe.noise is None or device.type != "cpu":
+        yield None
+        return
+    seed = plan.recipe.seed
+    requests = [
+        r
+        for s in plan.shards
+        for t in s.tensors
+        if t.noise and not (t.zero and t.init is None)
+        for r in clone.noise_requests(t.axes, t.tensor_seed(seed), _chunk_elements(t))
+    ]
+    if not requests:
+        yield None
+        return
+    with NoiseBank(requests, NOISE_AHEAD_ELEMENTS) as bank:
+        yield bank
 
 
 def write_metadata(plan: Plan, source: Checkpoint, out_dir: Path) -> None:

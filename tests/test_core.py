@@ -167,7 +167,7 @@ def test_outputs_carry_files_card_and_provenance(tmp_path, cli):
     assert (dst / "tokenizer.json").read_text() == '{"fake": true}'
     assert (dst / "generation_config.json").exists()
     card = (dst / "README.md").read_text()
-    assert "hyperclone" in card and "| noise | SNR 12 dB, seed 5 (generator v2) |" in card
+    assert "hyperclone" in card and "| noise | SNR 12 dB, seed 5 (generator v3) |" in card
     sha = hashlib.sha256((dst / "model.safetensors").read_bytes()).hexdigest()
     assert sha in card
     assert "max_abs_diff" in card
