@@ -54,9 +54,15 @@ def noise_std(w: torch.Tensor, n_in: int, snr_db: float) -> float:
     device's or thread count's summation order cannot change a byte of the noise."""
     flat = w.reshape(-1)
     body = flat.numel() // _STD_ROW * _STD_ROW
-    rows = torch.linalg.vector_norm(flat[:body].view(-1, _STD_ROW), dim=1, dtype=torch.float64)
+    rows = flat[:body].view(-1, _STD_ROW)
+    step = 256  # rows at a time: the float64 copy stays a few MB
+    norms = [
+        torch.linalg.vector_norm(rows[i : i + step], dim=1, dtype=torch.float64)
+        for i in range(0, rows.shape[0], step)
+    ]
     tail = torch.linalg.vector_norm(flat[body:], dtype=torch.float64)
-    total = math.fsum(rows.square().tolist()) + float(tail) ** 2
+    squares = torch.cat(norms).square().tolist() if norms else []
+    total = math.fsum(squares) + float(tail) ** 2
     signal = total / max(flat.numel(), 1) / n_in**2
     std = math.sqrt(signal / 10 ** (snr_db / 10))
     m, e = math.frexp(std)

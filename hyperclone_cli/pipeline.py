@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 # in cache (the noise itself is drawn per fixed row block, so the bytes do not depend on it)
 NOISE_CHUNK_ELEMENTS = 1 << 22
 # unit noise drawn ahead of the widening (a NoiseBank): a few chunks' worth, float32
-NOISE_AHEAD_ELEMENTS = 4 * NOISE_CHUNK_ELEMENTS
+NOISE_AHEAD_ELEMENTS = NOISE_CHUNK_ELEMENTS
 
 
 @dataclass

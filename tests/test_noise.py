@@ -227,7 +227,7 @@ def test_expand_draws_its_noise_from_the_bank(tmp_path, monkeypatch):
     from hyperclone_cli import pipeline
 
     src = save(llama_config(), tmp_path / "src", dtype=torch.bfloat16)
-    kw = dict(factor=2, noise=10.0, seed=1, verify=False, shard_size="100KB")
+    kw = dict(factor=2, noise=10.0, seed=1, verify=False, shard_size="100KB", device="cpu")
     banks = []
     real = pipeline.noise_bank
 
@@ -306,7 +306,7 @@ def test_numpy_fallback_writes_the_same_checkpoint(tmp_path, monkeypatch):
     from hyperclone_cli.pipeline import expand
 
     src = save(llama_config(), tmp_path / "src", dtype=torch.bfloat16)
-    kw = dict(factor=2, noise=10.0, seed=1, verify=False)
+    kw = dict(factor=2, noise=10.0, seed=1, verify=False, device="cpu")
     fast = expand(src, tmp_path / "numba", **kw)
     numpy_only(monkeypatch)
     plain = expand(src, tmp_path / "numpy", **kw)

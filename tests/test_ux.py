@@ -295,5 +295,7 @@ def test_completion_and_families(cli):
     assert "LlamaForCausalLM" in fams["llama"]["architectures"]
     assert fams["opt"]["attention_head_dim"] and not fams["llama"]["attention_head_dim"]
     assert fams["olmo"]["tie"] == "untied" and not fams["gpt2"]["kv_heads_keep"]
+    depth = {name: fams[name]["add_layers"] for name in ("llama", "opt", "minicpm3", "fuyu")}
+    assert depth == {"llama": "yes", "opt": "some configs", "minicpm3": "no", "fuyu": "no"}
     code, out, _ = cli("families")
     assert code == 0 and "MistralForCausalLM" in out

@@ -158,7 +158,12 @@ def family_for(config: dict) -> Family:
 def _depth_support(f: Family) -> str:
     """--add-layers: "yes", "no", or "some configs" (OPT: pre-LN ones only)."""
     writers = sum(role.writes_residual for _, role in f.tensors)
-    if not f.layer_index or writers < 2 or (f.depth_refusal and f.depth_refusal({})):
+    if (
+        not f.layer_index
+        or writers < 2
+        or f.config_path  # Fuyu: the layer count lives in a sub-config
+        or (f.depth_refusal and f.depth_refusal({}))
+    ):
         return "no"
     return "some configs" if f.depth_refusal else "yes"
 

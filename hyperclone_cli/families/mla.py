@@ -50,4 +50,6 @@ MINICPM3 = replace(
     architectures=("MiniCPM3ForCausalLM",),
     model_types=("minicpm3",),
     config_quirks=_dim_model_base,
+    # its config always has scale_depth (the class default): depth.py names it as the reason
+    depth_refusal=lambda cfg: "its residual branches are scaled by scale_depth / √layers",
 )
