@@ -94,6 +94,16 @@ def runs(idx: torch.Tensor) -> list[tuple[int, int, int]]:
     return list(zip(starts, idx[starts].tolist(), lengths, strict=True))
 
 
+def runs_within(runs: list[tuple[int, int, int]], r0: int, r1: int) -> list[tuple[int, int, int]]:
+    """The part of each run that falls in target rows r0:r1, with target starts made
+    relative to r0."""
+    return [
+        (lo - r0, s + lo - t, hi - lo)
+        for t, s, n in runs
+        if (lo := max(t, r0)) < (hi := min(t + n, r1))
+    ]
+
+
 MAX_BLOCKS = 1024  # past this many (or tiny) blocks, one index_select per axis is faster
 
 
@@ -110,12 +120,7 @@ def gather(
 ) -> torch.Tensor:
     """Target rows r0:r1 of `w` gathered along every axis, as a new `dtype` tensor, times
     `mult` (a number, or one per target index along `mult_axis`) in the same pass."""
-    row_runs = [
-        (lo - r0, s + lo - t, hi - lo)
-        for t, s, n in block_runs[0]
-        if (lo := max(t, r0)) < (hi := min(t + n, r1))
-    ]
-    per_axis = [row_runs, *block_runs[1:]]
+    per_axis = [runs_within(block_runs[0], r0, r1), *block_runs[1:]]
     shape = (r1 - r0, *(int(i.numel()) for i in idxs[1:]))
     if isinstance(mult, torch.Tensor) and mult_axis == 0:
         mult = mult[r0:r1]
@@ -220,11 +225,7 @@ def paired_noise(
     else:
         out = torch.empty(shape, dtype=out_dtype, device=w.device)
     copies = out.view(*e.shape[:-1], 2, e.shape[-1])
-    runs = [
-        (lo - r0, s + lo - t, hi - lo)
-        for t, s, n in row_runs
-        if (lo := max(t, r0)) < (hi := min(t + n, r1))
-    ]
+    runs = runs_within(row_runs, r0, r1)
     if len(runs) > MAX_BLOCKS:
         runs = [(0, -1, r1 - r0)]  # scattered rows: one gather
     for t, s, n in runs:

@@ -123,8 +123,7 @@ class NoiseStream:
         """For a paired stream: unit draws z of rows r0:r1, shape `(rows, *mid, outer,
         inner)`, on `device` (default the CPU); η = z·std (one float32 product, on the device
         that adds it), copy 0 gets `+η`, copy 1 `−η`."""
-        outer, _, inner = self.layout
-        return self._draw(r0, r1, (outer, inner), device)
+        return self._draw(r0, r1, device)
 
     def rows(self, r0: int, r1: int) -> torch.Tensor:
         """η for rows r0:r1 in the full layout `(rows, *mid, in)`, float32, on the CPU."""
@@ -134,15 +133,16 @@ class NoiseStream:
             return torch.stack([e, -e], dim=-2).reshape(r1 - r0, *mid, -1)
         if self.layout is not None:
             outer, n, inner = self.layout
-            x = self._draw(r0, r1, (outer, n, inner)).mul_(self.std)
+            x = self._draw(r0, r1).mul_(self.std)
             x = (x - x.mean(dim=-2, keepdim=True)) * math.sqrt(n / (n - 1))
             return x.reshape(r1 - r0, *mid, -1)
-        x = self._draw(r0, r1, (self.idx.numel(),)).mul_(self.std)
+        x = self._draw(r0, r1).mul_(self.std)
         n = max(self.factor, 2)
         return zero_sum_over_copies(x, self.idx, self.source_size) * math.sqrt(n / (n - 1))
 
     def row_shape(self) -> tuple[int, ...]:
-        """What one row of draws holds (the shape after the rows axis)."""
+        """What one row of draws holds (the shape after the rows axis): per source column
+        for a paired stream, per target column otherwise."""
         mid = self.shape[1:-1]
         if self.paired:
             return (*mid, self.layout[0], self.layout[2])
@@ -150,38 +150,30 @@ class NoiseStream:
             return (*mid, *self.layout)
         return (*mid, self.idx.numel())
 
-    def key(self, r0: int, r1: int, row_shape: tuple[int, ...] | None = None) -> DrawKey:
-        """What a request for rows r0:r1 draws: whole logical blocks of this seed."""
-        br = self.block_rows
-        return (self.seed, row_shape or self.row_shape(), r0 // br, -(-r1 // br))
-
     def request(self, r0: int, r1: int) -> Request:
-        """The draw rows r0:r1 need, for a NoiseBank to make ahead."""
-        return Request(self.key(r0, r1), self.block_rows, self.shape[0])
+        """What rows r0:r1 draw (whole logical blocks of this seed), for `_draw` or for a
+        NoiseBank to make ahead."""
+        br = self.block_rows
+        return Request((self.seed, self.row_shape(), r0 // br, -(-r1 // br)), br, self.shape[0])
 
-    def _draw(
-        self, r0: int, r1: int, per_row: tuple[int, ...], device: torch.device | None = None
-    ) -> torch.Tensor:
-        """Unit normal draws for rows r0:r1: whole logical blocks, on a GPU there, on the
-        CPU from the bank when it holds them, else drawn here in parallel."""
-        key = self.key(r0, r1, (*self.shape[1:-1], *per_row))
-        lo = key[2] * self.block_rows
+    def _draw(self, r0: int, r1: int, device: torch.device | None = None) -> torch.Tensor:
+        """Unit normal draws for rows r0:r1, `(rows, *row_shape)`: whole logical blocks, on a
+        GPU there, on the CPU from the bank when it holds them, else drawn here in parallel."""
+        req = self.request(r0, r1)
         if device is not None and device.type != "cpu":
-            return draw_blocks_on(key, self.block_rows, self.shape[0], device)[r0 - lo : r1 - lo]
-        out = self.bank.take(key) if self.bank is not None else None
-        if out is None:
-            out = draw_blocks(key, self.block_rows, self.shape[0])
-        return out[r0 - lo : r1 - lo]
+            out = draw_blocks_on(req, device)
+        else:
+            out = self.bank.take(req.key) if self.bank is not None else None
+            if out is None:
+                out = draw_blocks(req)
+        return out[r0 - req.lo : r1 - req.lo]
 
 
-def draw_blocks(
-    key: DrawKey, block_rows: int, rows: int, into: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Unit normals of blocks b0:b1 of a stream (`key`) on the CPU, each block keyed by
-    itself, blocks in parallel threads; `into`: flat float32 memory to draw into."""
-    seed, row_shape, b0, b1 = key
-    lo, hi = b0 * block_rows, min(b1 * block_rows, rows)
-    shape = (hi - lo, *row_shape)
+def draw_blocks(req: Request, into: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit normals of the blocks `req` names, on the CPU, each block keyed by itself, runs
+    of blocks in parallel threads; `into`: flat float32 memory to draw into."""
+    seed, row_shape, b0, b1 = req.key
+    shape = (req.hi - req.lo, *row_shape)
     if into is not None:
         out = into[: math.prod(shape)].view(shape)
     else:
@@ -189,7 +181,7 @@ def draw_blocks(
 
     # contiguous runs of blocks, one per thread: each run is one call of the compiled loop
     flat = out.view(-1).numpy()
-    per_block = block_rows * math.prod(row_shape)
+    per_block = req.block_rows * math.prod(row_shape)
     blocks = list(range(b0, b1))
     step = -(-len(blocks) // (WORKERS or _cores()))
     runs = [blocks[i : i + step] for i in range(0, len(blocks), step)]
@@ -206,31 +198,39 @@ def draw_blocks(
     return out
 
 
-def draw_blocks_on(key: DrawKey, block_rows: int, rows: int, device: torch.device) -> torch.Tensor:
+def draw_blocks_on(req: Request, device: torch.device) -> torch.Tensor:
     """`draw_blocks` computed on `device` (a GPU): the same bits."""
-    seed, row_shape, b0, b1 = key
-    lo, hi = b0 * block_rows, min(b1 * block_rows, rows)
+    seed, row_shape, b0, b1 = req.key
     row = math.prod(row_shape)
-    full = [b for b in range(b0, b1) if (b + 1) * block_rows <= rows]
-    parts = [normals.fill_torch([_block_seed(seed, b) for b in full], block_rows * row, device)]
+    full = [b for b in range(b0, b1) if (b + 1) * req.block_rows <= req.rows]
+    keys = [_block_seed(seed, b) for b in full]
+    parts = [normals.fill_torch(keys, req.block_rows * row, device)]
     if len(full) < b1 - b0:  # the last block of the tensor, shorter
-        tail = (rows - (b1 - 1) * block_rows) * row
+        tail = (req.rows - (b1 - 1) * req.block_rows) * row
         parts.append(normals.fill_torch([_block_seed(seed, b1 - 1)], tail, device))
-    return torch.cat(parts).view(hi - lo, *row_shape)
+    return torch.cat(parts).view(req.hi - req.lo, *row_shape)
 
 
 @dataclass(frozen=True)
 class Request:
-    """One draw a run will ask for: its key, and how its stream cuts rows into blocks."""
+    """One draw: its key (tensor seed, row shape, blocks b0:b1), and how its stream cuts
+    rows into blocks; rows lo:hi are what it covers."""
 
     key: DrawKey
     block_rows: int
     rows: int
 
     @property
+    def lo(self) -> int:
+        return self.key[2] * self.block_rows
+
+    @property
+    def hi(self) -> int:
+        return min(self.key[3] * self.block_rows, self.rows)
+
+    @property
     def elements(self) -> int:
-        lo, hi = self.key[2] * self.block_rows, min(self.key[3] * self.block_rows, self.rows)
-        return (hi - lo) * math.prod(self.key[1])
+        return (self.hi - self.lo) * math.prod(self.key[1])
 
 
 class NoiseBank:
@@ -332,7 +332,7 @@ class NoiseBank:
                     if i < self.consumer:  # passed: the consumer drew it itself
                         continue
                 base = self._buffer(r.elements)
-                out = draw_blocks(r.key, r.block_rows, r.rows, base)
+                out = draw_blocks(r, base)
                 base = out.view(-1) if base is None else base
                 with self.cond:
                     if self.closed:

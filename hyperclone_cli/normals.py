@@ -68,7 +68,8 @@ def fill(out: np.ndarray, keys: list[int], block: int) -> None:
 def _lanes(z: np.ndarray) -> np.ndarray:
     if sys.byteorder == "little":
         return z.view(np.uint16)
-    return np.stack([(z >> np.uint64(16 * j)) & np.uint64(0xFFFF) for j in range(LANES)], 1)
+    lanes = [(z >> np.uint64(16 * j)) & np.uint64(0xFFFF) for j in range(LANES)]
+    return np.stack(lanes, 1).reshape(-1)  # lane j of word w at 4w + j, as on little-endian
 
 
 def fill_torch(keys: list[int], elements: int, device: torch.device) -> torch.Tensor:

@@ -290,11 +290,11 @@ def test_blocks_drawn_as_on_a_gpu_match(monkeypatch):
     """draw_blocks_on (what a GPU runs, here on the CPU) against draw_blocks, a short last
     block included; and the numbers look normal and independent across blocks."""
     for rows in (1000, 1024):
-        key = (7, (64,), 0, -(-rows // 1024))
-        on_cpu = noise_mod.draw_blocks(key, 1024, rows)
-        as_gpu = noise_mod.draw_blocks_on(key, 1024, rows, torch.device("cpu"))
+        req = noise_mod.Request((7, (64,), 0, -(-rows // 1024)), 1024, rows)
+        on_cpu = noise_mod.draw_blocks(req)
+        as_gpu = noise_mod.draw_blocks_on(req, torch.device("cpu"))
         assert torch.equal(on_cpu.view(torch.int32), as_gpu.view(torch.int32))
-    x = noise_mod.draw_blocks((3, (1024,), 0, 16), 64, 1024).view(16, -1)
+    x = noise_mod.draw_blocks(noise_mod.Request((3, (1024,), 0, 16), 64, 1024)).view(16, -1)
     assert abs(x.mean().item()) < 0.01 and abs(x.std().item() - 1) < 0.01
     corr = torch.corrcoef(x)
     assert (corr - torch.eye(16)).abs().max().item() < 0.03  # blocks are not copies
@@ -311,3 +311,12 @@ def test_numpy_fallback_writes_the_same_checkpoint(tmp_path, monkeypatch):
     numpy_only(monkeypatch)
     plain = expand(src, tmp_path / "numpy", **kw)
     assert [s.sha256 for s in fast.shards] == [s.sha256 for s in plain.shards]
+
+
+def test_lanes_by_shifts_match_the_little_endian_view(monkeypatch):
+    """The big-endian route (shifts and masks) orders lanes as the view does."""
+    z = np.array([0x0123456789ABCDEF, 0xFEDCBA9876543210, 7], dtype=np.uint64)
+    view = normals._lanes(z).copy()
+    monkeypatch.setattr(normals.sys, "byteorder", "big")
+    shifted = normals._lanes(z)
+    assert shifted.shape == view.shape and np.array_equal(shifted.astype(np.uint64), view)
