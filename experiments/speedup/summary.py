@@ -168,8 +168,13 @@ def summarise(res: dict) -> dict:
             }
         out["small_length"] = {"arm": sarm, "by_small_steps": study}
 
+    # an arm below random's final from step 0 has no steps figure, only a bound: not ranked
     ranked = [
-        k for k, v in out["arms"].items() if v["speedup"]["n"] == len(seeds) and v["speedup"]["n"]
+        k
+        for k, v in out["arms"].items()
+        if v["speedup"]["n"] == len(seeds)
+        and v["speedup"]["n"]
+        and not any(p["speedup_lower_bound"] for p in v["per_seed"].values())
     ]
     if ranked:
         out["best_arm"] = max(ranked, key=lambda k: out["arms"][k]["speedup"]["mean"])
@@ -252,6 +257,16 @@ def tables(res: dict) -> str:
     if sm.get("best_arm"):
         b = sm["best_arm"]
         lines += ["", f"Fewest steps to random's final: **{b}** ({sm['arms'][b]['claim']})."]
+        bounds = [
+            k
+            for k, v in sm["arms"].items()
+            if any(p["speedup_lower_bound"] for p in v["per_seed"].values())
+        ]
+        if bounds:
+            lines[-1] += (
+                f" Not ranked: {', '.join(bounds)}, below random's final from step 0 "
+                "(at this budget their random-init control ends above the small model)."
+            )
     st = sm.get("schedule_study")
     if st and st["candidates"]:
         lines += [
