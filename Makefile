@@ -41,7 +41,7 @@ bench: install
 bench-gpu: install
 	PATH=$(VENV)/bin:$$PATH bash benchmarks/gpu_bench.sh
 
-# every operator, 3 seeds, on the CPU: 61.5 min on an idle 2-core machine (results/)
+# every operator, 3 seeds, on the CPU: 39.4 min on an idle 2-core machine (results/)
 speedup: install
 	$(PY) experiments/speedup/run.py
 
