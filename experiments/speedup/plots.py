@@ -173,6 +173,7 @@ def speedup_plot(res: dict, path: str) -> None:
             ax.text(i, a["max"] + 0.04, label, ha="center", va="bottom", fontsize=8)
         ax.axhline(1, color="black", lw=0.8)
         ax.axhline(2, color="black", lw=0.8, ls="--")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room for the labels above the bars
         ax.set_xticks(range(len(arms)), arms, fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("speed-up vs random init (x)")
