@@ -7,13 +7,19 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import normals
 from .checkpoint import open_checkpoint
 from .depth import describe
 from .errors import HypercloneError
 from .families import family_for
 from .families.moe import moe_figures
 from .hub import resolve_source
-from .pipeline import NOISE_AHEAD_ELEMENTS, NOISE_CHUNK_ELEMENTS, verification_mode
+from .pipeline import (
+    NOISE_AHEAD_ELEMENTS,
+    NOISE_CHUNK_ELEMENTS,
+    noise_requests,
+    verification_mode,
+)
 from .plan import Plan, make_plan, resolved_tie
 from .recipe import Recipe, build_recipe
 from .summary import setting_rows
@@ -21,10 +27,11 @@ from .writer import BUFFER_COUNT, CHUNK_BYTES
 
 BASELINE_RSS = 320 * 1024 * 1024  # python + torch + the CLI before any work, measured 302 MB
 POOL_BYTES = BUFFER_COUNT * CHUNK_BYTES  # expand's reused chunk buffers in flight
-# with noise: float32 temporaries of a noisy chunk and the allocator's slack around them, the
-# NoiseBank's draws ahead, and numba's compiler (~110 MB, loaded with the noise generator);
-# calibrated on the benchmark's small model: predicted 751 MB for measured 740 MB
-NOISE_BYTES = 16 * 4 * NOISE_CHUNK_ELEMENTS + 4 * NOISE_AHEAD_ELEMENTS + 110 * 1024 * 1024
+# with noise: float32 temporaries of a noisy chunk and the allocator's slack around them, and
+# the NoiseBank's draws ahead; calibrated on the benchmark's small model: predicted 641 MB for
+# measured 630 MB (see below for numba)
+NOISE_BYTES = 16 * 4 * NOISE_CHUNK_ELEMENTS + 4 * NOISE_AHEAD_ELEMENTS
+NUMBA_BYTES = 110 * 1024 * 1024  # numba's compiler, loaded by runs of COMPILED_MIN_DRAWS
 # verify in streamed mode: transformers' skeletons and the token batch's activations, beyond
 # the float32 weights in memory at once (calibrated on benchmarks/results.json: predicted
 # 904 / 1115 MB for measured 830 / 1108 MB)
@@ -149,9 +156,11 @@ def predict_peak_rss(plan: Plan, verify_mode: str) -> dict[str, int]:
     largest_src = max(t.nbytes for t in plan.source.tensors.values())
     # the interpreter + one source tensor + the chunks in flight (on the benchmark's large
     # checkpoint: measured 479 MB; predicted 479 MB)
-    expand = (
-        BASELINE_RSS + largest_src + (NOISE_BYTES if plan.recipe.noise is not None else POOL_BYTES)
-    )
+    expand = BASELINE_RSS + largest_src + POOL_BYTES
+    if plan.recipe.noise is not None:
+        draws = sum(r.elements for r in noise_requests(plan))
+        numba = NUMBA_BYTES if draws >= normals.COMPILED_MIN_DRAWS else 0
+        expand = BASELINE_RSS + largest_src + NOISE_BYTES + numba
     if verify_mode == "full":
         # both models in float32; a half-precision file is cast on load, and part of its
         # stored copy is alive at once (benchmark: predicted 2.3 / 8.4 GB, measured 2.4 / 8.6)

@@ -7,8 +7,11 @@ lanes (lane j = bits 16j…16j+15), and `TABLE` holds the 65536 normal quantiles
 ±4.3σ). Nothing depends on a library's random generator, the order of evaluation or the
 device, so three implementations give one stream, pinned to each other by tests:
 
-- `numba` (when importable): a compiled loop, ~1 ns per draw on one core;
-- numpy: the same arithmetic as array operations (~3–4 ns per draw);
+- numpy: the same arithmetic as array operations on cache-sized chunks (~1.5 ns per draw
+  on one core), used until
+- `numba`'s compiled loop (~1 ns per draw) is loaded: a run that draws enough to repay its
+  load (~0.75 s and ~110 MB, `COMPILED_MIN_DRAWS`) loads it in the background
+  (`warm_compiled`), and the draws switch to it when it is ready;
 - torch (`fill_torch`): int64 operations that a GPU runs where the weights are.
 """
 
@@ -18,6 +21,7 @@ import functools
 import math
 import statistics
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -27,6 +31,10 @@ M1 = 0xBF58476D1CE4E5B9
 M2 = 0x94D049BB133111EB
 LANES = 4  # 16-bit lanes per 64-bit hash
 MASK64 = (1 << 64) - 1
+# A run drawing fewer normals than this keeps to numpy: loading numba's loop costs ~0.75 s of
+# a core and ~110 MB, which it repays at ~0.6 ns saved per draw.
+COMPILED_MIN_DRAWS = 1 << 30
+CHUNK_WORDS = 1 << 15  # numpy's hashes per pass: 256 KB of uint64, in the core's L2
 
 
 @functools.cache
@@ -44,25 +52,54 @@ def _table_on(device: torch.device) -> torch.Tensor:
     return torch.from_numpy(table()).to(device)
 
 
-def fill(out: np.ndarray, keys: list[int], block: int) -> None:
+def fill(out: np.ndarray, keys: list[int], block: int, engine: str | None = None) -> None:
     """Unit normals of consecutive blocks into the flat float32 array `out`: block k, keyed
-    `keys[k]`, holds `block` elements (the last one what is left)."""
-    kernel = _numba_kernel()
+    `keys[k]`, holds `block` elements (the last one what is left). `engine`: "numba",
+    "numpy", or None for the compiled loop when it is loaded, else numpy's (same bits)."""
+    if engine == "numba":
+        kernel = _numba_kernel()
+        if kernel is None:
+            raise RuntimeError("numba's loop is not available here")
+    else:
+        kernel = _loaded_kernel() if engine is None else None
     if kernel is not None:
         kernel(out, table(), np.array([k & MASK64 for k in keys], dtype=np.uint64), block)
         return
+    tab, steps = table(), _word_steps()
+    z_all, t_all = _scratch()
     for k, key in enumerate(keys):
         part = out[k * block : (k + 1) * block]
         words = -(-part.size // LANES)
-        z = np.arange(words, dtype=np.uint64)
-        z *= np.uint64(GAMMA)
-        z += np.uint64(key & MASK64)
-        z ^= z >> np.uint64(30)
-        z *= np.uint64(M1)
-        z ^= z >> np.uint64(27)
-        z *= np.uint64(M2)
-        z ^= z >> np.uint64(31)
-        np.take(table(), _lanes(z)[: part.size], out=part)
+        for w0 in range(0, words, CHUNK_WORDS):
+            m = min(CHUNK_WORDS, words - w0)
+            z, t = z_all[:m], t_all[:m]
+            np.add(steps[:m], np.uint64((key + w0 * GAMMA) & MASK64), out=z)
+            for shift, mult in ((30, M1), (27, M2), (31, None)):
+                np.right_shift(z, np.uint64(shift), out=t)
+                np.bitwise_xor(z, t, out=z)
+                if mult is not None:
+                    np.multiply(z, np.uint64(mult), out=z)
+            lo = LANES * w0
+            hi = min(part.size, lo + LANES * m)
+            # every lane is a valid index: "clip" changes none, and skips the copy that
+            # "raise" makes of `out`
+            np.take(tab, _lanes(z)[: hi - lo], out=part[lo:hi], mode="clip")
+
+
+@functools.cache
+def _word_steps() -> np.ndarray:
+    """w·γ (mod 2⁶⁴) for the words of one chunk."""
+    return np.arange(CHUNK_WORDS, dtype=np.uint64) * np.uint64(GAMMA)
+
+
+_local = threading.local()
+
+
+def _scratch() -> tuple[np.ndarray, np.ndarray]:
+    """This thread's two chunk buffers (blocks are drawn in parallel threads)."""
+    if not hasattr(_local, "scratch"):
+        _local.scratch = (np.empty(CHUNK_WORDS, np.uint64), np.empty(CHUNK_WORDS, np.uint64))
+    return _local.scratch
 
 
 def _lanes(z: np.ndarray) -> np.ndarray:
@@ -93,9 +130,39 @@ def _signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-@functools.cache
+_kernel_lock = threading.Lock()
+_ready = None  # the compiled loop, once loaded (None before, or where it cannot be)
+_warming: threading.Thread | None = None
+
+
+def warm_compiled(draws: int) -> threading.Thread | None:
+    """For a run that will draw `draws` normals: load numba's loop in the background when
+    that repays its load; `fill` uses it once it is ready. Returns the loading thread."""
+    global _warming
+    with _kernel_lock:
+        if draws < COMPILED_MIN_DRAWS or _ready is not None or _warming is not None:
+            return None
+        _warming = threading.Thread(target=_numba_kernel, name="numba-load", daemon=True)
+    _warming.start()
+    return _warming
+
+
+def _loaded_kernel():
+    """The compiled loop if it is loaded already (never waits for it)."""
+    return _ready
+
+
 def _numba_kernel():
-    """The compiled loop, or None where numba is missing or cannot compile it."""
+    """The compiled loop (loaded now if need be), or None where numba is missing or cannot
+    compile it."""
+    global _ready
+    with _kernel_lock:
+        _ready = _compile()
+        return _ready
+
+
+@functools.cache
+def _compile():
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import clone, depth
+from . import clone, depth, normals
 from .checkpoint import Checkpoint, open_checkpoint
 from .clone import Noise
 from .depth import describe
 from .errors import HypercloneError
 from .hub import resolve_source
 from .modelcard import model_card
-from .noise import NoiseBank
+from .noise import NoiseBank, Request
 from .plan import Plan, TensorPlan, make_plan
 from .recipe import Recipe, build_recipe
 from .staging import check_destination, staged_output
@@ -254,19 +254,27 @@ def noise_bank(plan: Plan, device: torch.device) -> Iterator[NoiseBank | None]:
     if plan.recipe.noise is None or device.type != "cpu":
         yield None
         return
+    requests = noise_requests(plan)
+    if not requests:
+        yield None
+        return
+    normals.warm_compiled(sum(r.elements for r in requests))
+    with NoiseBank(requests, NOISE_AHEAD_ELEMENTS) as bank:
+        yield bank
+
+
+def noise_requests(plan: Plan) -> list[Request]:
+    """Every unit-noise draw the run will make on the CPU, in plan order."""
+    if plan.recipe.noise is None:
+        return []
     seed = plan.recipe.seed
-    requests = [
+    return [
         r
         for s in plan.shards
         for t in s.tensors
         if t.noise and not (t.zero and t.init is None)
         for r in clone.noise_requests(t.axes, t.tensor_seed(seed), _chunk_elements(t))
     ]
-    if not requests:
-        yield None
-        return
-    with NoiseBank(requests, NOISE_AHEAD_ELEMENTS) as bank:
-        yield bank
 
 
 def write_metadata(plan: Plan, source: Checkpoint, out_dir: Path) -> None:

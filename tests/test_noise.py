@@ -3,6 +3,7 @@ sum over the copies of a column; the asked SNR."""
 
 import contextlib
 import hashlib
+import importlib.util
 
 import numpy as np
 import pytest
@@ -249,7 +250,12 @@ def test_expand_draws_its_noise_from_the_bank(tmp_path, monkeypatch):
 
 
 def numpy_only(monkeypatch):
-    monkeypatch.setattr(normals, "_numba_kernel", lambda: None)
+    monkeypatch.setattr(normals, "_loaded_kernel", lambda: None)
+
+
+def compiled_always(monkeypatch):
+    pytest.importorskip("numba")
+    monkeypatch.setattr(normals, "_loaded_kernel", normals._numba_kernel)
 
 
 def test_table_is_pinned():
@@ -263,16 +269,16 @@ def test_table_is_pinned():
 TABLE_DIGEST = "8babbcaf96568f10"
 
 
-@pytest.mark.parametrize("elements", [1, 3, 4, 5, 1000, 65535, 65536])
-def test_numba_numpy_and_torch_give_the_same_bits(monkeypatch, elements):
+@pytest.mark.parametrize(
+    "elements", [1, 3, 4, 5, 1000, 65535, 65536, 4 * normals.CHUNK_WORDS + 5, 300_001]
+)
+def test_numba_numpy_and_torch_give_the_same_bits(elements):
     pytest.importorskip("numba")
     keys = [0, 12345, (1 << 63) + 77, (1 << 64) - 1]
     compiled = np.empty(elements * len(keys) - 1, np.float32)  # the last block one shorter
-    normals.fill(compiled, keys, elements)
-    assert normals._numba_kernel() is not None  # the compiled loop ran
-    numpy_only(monkeypatch)
-    plain = np.empty_like(compiled)
-    normals.fill(plain, keys, elements)
+    normals.fill(compiled, keys, elements, engine="numba")
+    plain = np.empty_like(compiled)  # numpy's chunks: several per block from 4·CHUNK_WORDS
+    normals.fill(plain, keys, elements, engine="numpy")
     cpu = torch.device("cpu")
     on_torch = torch.cat(
         [
@@ -282,7 +288,7 @@ def test_numba_numpy_and_torch_give_the_same_bits(monkeypatch, elements):
     )
     assert plain.tobytes() == compiled.tobytes() == on_torch.numpy().tobytes()
     one = np.empty(elements, np.float32)  # a block alone is the same as within a run
-    normals.fill(one, keys[1:2], elements)
+    normals.fill(one, keys[1:2], elements, engine="numpy")
     assert one.tobytes() == plain[elements : 2 * elements].tobytes()
 
 
@@ -307,10 +313,32 @@ def test_numpy_fallback_writes_the_same_checkpoint(tmp_path, monkeypatch):
 
     src = save(llama_config(), tmp_path / "src", dtype=torch.bfloat16)
     kw = dict(factor=2, noise=10.0, seed=1, verify=False, device="cpu")
-    fast = expand(src, tmp_path / "numba", **kw)
+    with monkeypatch.context() as m:
+        compiled_always(m)
+        fast = expand(src, tmp_path / "numba", **kw)
     numpy_only(monkeypatch)
     plain = expand(src, tmp_path / "numpy", **kw)
     assert [s.sha256 for s in fast.shards] == [s.sha256 for s in plain.shards]
+
+
+def test_numba_loads_only_for_runs_that_repay_it(monkeypatch):
+    """A small run never loads numba; a large one loads it in the background, once, and
+    the draws switch to it (same bits) when it is ready."""
+    monkeypatch.setattr(normals, "_ready", None)
+    monkeypatch.setattr(normals, "_warming", None)
+    assert normals.warm_compiled(normals.COMPILED_MIN_DRAWS - 1) is None
+    assert normals._loaded_kernel() is None
+    before = np.empty(1001, np.float32)
+    normals.fill(before, [5], 1001)  # numpy, not waiting for anything
+    loading = normals.warm_compiled(normals.COMPILED_MIN_DRAWS)
+    assert loading is not None
+    assert normals.warm_compiled(normals.COMPILED_MIN_DRAWS) is None  # once
+    loading.join()
+    if importlib.util.find_spec("numba") is not None:
+        assert normals._loaded_kernel() is not None
+    after = np.empty(1001, np.float32)
+    normals.fill(after, [5], 1001)
+    assert before.tobytes() == after.tobytes()
 
 
 def test_lanes_by_shifts_match_the_little_endian_view(monkeypatch):
