@@ -89,20 +89,35 @@ class Checkpoint:
         info = self.tensors[name]
         if self.format == "bin":
             return self._read_bin(info).to(device)
-        out = torch.empty(info.shape, dtype=info.dtype, pin_memory=_pin(device))
-        buf = out.view(-1).view(torch.uint8).numpy() if info.nbytes else None
+        return self._read(info, info.start, info.shape, info.nbytes, device)
+
+    def read_rows(
+        self, name: str, r0: int, r1: int, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """Rows r0:r1 (of the first axis) of a tensor, reading only their bytes."""
+        info = self.tensors[name]
+        if self.format == "bin":
+            return self._read_bin(info)[r0:r1].to(device)
+        r1 = min(r1, info.shape[0])
+        row = math.prod(info.shape[1:]) * _itemsize(info.dtype)
+        shape = (max(0, r1 - r0), *info.shape[1:])
+        return self._read(info, info.start + r0 * row, shape, shape[0] * row, device)
+
+    def _read(self, info: TensorInfo, start: int, shape, nbytes: int, device) -> torch.Tensor:
+        out = torch.empty(shape, dtype=info.dtype, pin_memory=_pin(device))
+        buf = out.view(-1).view(torch.uint8).numpy() if nbytes else None
         try:
             with open(info.file, "rb", buffering=0) as f:
-                f.seek(info.start)
+                f.seek(start)
                 got = f.readinto(buf) if buf is not None else 0
         except OSError as e:
             raise HypercloneError(
                 f"{info.file}: cannot read ({e.strerror}); check the file and its permissions",
                 code=EXIT_IO,
             ) from e
-        if got != info.nbytes:
+        if got != nbytes:
             raise HypercloneError(
-                f"{info.file.name}: tensor {name} is truncated ({got} of {info.nbytes} bytes)"
+                f"{info.file.name}: tensor {info.name} is truncated ({got} of {nbytes} bytes)"
                 + DAMAGED
             )
         return out.to(device, non_blocking=True) if str(device) != "cpu" else out

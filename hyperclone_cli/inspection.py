@@ -28,8 +28,8 @@ from .writer import BUFFER_COUNT, CHUNK_BYTES
 BASELINE_RSS = 320 * 1024 * 1024  # python + torch + the CLI before any work, measured 302 MB
 POOL_BYTES = BUFFER_COUNT * CHUNK_BYTES  # expand's reused chunk buffers in flight
 # with noise: float32 temporaries of a noisy chunk and the allocator's slack around them, and
-# the NoiseBank's draws ahead; calibrated on the benchmark's small model: predicted 641 MB for
-# measured 630 MB (see below for numba)
+# the NoiseBank's draws ahead (make bench: predicted 670 / 801 MB for measured 663 / 847 MB,
+# small model on numpy / large one with numba)
 NOISE_BYTES = 16 * 4 * NOISE_CHUNK_ELEMENTS + 4 * NOISE_AHEAD_ELEMENTS
 NUMBA_BYTES = 110 * 1024 * 1024  # numba's compiler, loaded by runs of COMPILED_MIN_DRAWS
 # verify in streamed mode: transformers' skeletons and the token batch's activations, beyond

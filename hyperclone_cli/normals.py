@@ -7,8 +7,8 @@ lanes (lane j = bits 16j…16j+15), and `TABLE` holds the 65536 normal quantiles
 ±4.3σ). Nothing depends on a library's random generator, the order of evaluation or the
 device, so three implementations give one stream, pinned to each other by tests:
 
-- numpy: the same arithmetic as array operations on cache-sized chunks (~1.5 ns per draw
-  on one core), used until
+- numpy: the same arithmetic as array operations on cache-sized chunks (~2 ns per draw on
+  one core), used until
 - `numba`'s compiled loop (~1 ns per draw) is loaded: a run that draws enough to repay its
   load (~0.75 s and ~110 MB, `COMPILED_MIN_DRAWS`) loads it in the background
   (`warm_compiled`), and the draws switch to it when it is ready;
@@ -32,8 +32,11 @@ M2 = 0x94D049BB133111EB
 LANES = 4  # 16-bit lanes per 64-bit hash
 MASK64 = (1 << 64) - 1
 # A run drawing fewer normals than this keeps to numpy: loading numba's loop costs ~0.75 s of
-# a core and ~110 MB, which it repays at ~0.6 ns saved per draw.
-COMPILED_MIN_DRAWS = 1 << 30
+# a core and ~110 MB, which it repays at ~1 ns saved per draw (numpy ~2.1 ns, numba ~1.05 on
+# the 2-core bench machine). make bench: its 1.26B-parameter target (~600 M draws) ran 1.29x
+# plain with numpy and 1.10x with numba; SmolLM2 x2 (~215 M) and the 300M target (~125 M)
+# were faster with numpy.
+COMPILED_MIN_DRAWS = 1 << 28
 CHUNK_WORDS = 1 << 15  # numpy's hashes per pass: 256 KB of uint64, in the core's L2
 
 

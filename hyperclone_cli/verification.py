@@ -162,6 +162,9 @@ def verify(
     from hyperclone_cli.verify_streamed import count_parameters, empty_model, verify_streamed
 
     from .hub import resolve_source
+    from .memory import lean_malloc
+
+    lean_malloc()  # each module's weights, read and dropped, must not stay resident
 
     # either may be a hub id; `revision` is the source's. Every header and .bin is checked
     # before transformers reads a byte of either.

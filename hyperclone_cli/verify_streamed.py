@@ -2,9 +2,11 @@
 
 Each model is built with its parameters on the meta device; forward hooks read a module's
 own tensors from disk just before the module runs and drop them right after, so peak
-memory is about the largest single weight (typically the embedding or lm_head) plus
-activations. Forward hooks on the decoder layers compare each layer's output of the wide
-model with the n-fold clone of the source's, which names the first layer that diverges.
+memory is about one module's weights plus activations. A large embedding or lm_head (a
+plain Embedding or Linear over ROWS_BYTES) never comes whole: the embedding reads the rows
+of the tokens it looks up, the head computes from row blocks read one after another.
+Forward hooks on the decoder layers compare each layer's output of the wide model with the
+n-fold clone of the source's, which names the first layer that diverges.
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ def _stream_weights(
         owner._buffers[short] = value
 
     for module, names in plan.items():
+        if _by_rows(checkpoint, module, names, device):
+            continue
         placeholders = {short: module._parameters[short] for short in names}
 
         def materialize(mod: nn.Module, args: object, names=names, placeholders=placeholders):
@@ -209,6 +213,59 @@ def _stream_weights(
     ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", ()) or ()]
     unexpected = [k for k in on_disk if k not in used and not any(p.search(k) for p in ignore)]
     return sorted(missing), sorted(unexpected)
+
+
+# A plain Linear or Embedding whose float32 weight is larger than this runs from row blocks
+# of that size read from disk (the lm_head and embedding of a large vocabulary: SmolLM2 x2's
+# are 226 MB each), instead of holding the whole weight at once.
+ROWS_BYTES = 32 * 1024 * 1024
+
+
+def _by_rows(
+    checkpoint: Checkpoint, module: nn.Module, names: dict[str, str | Merged | None], device: str
+) -> bool:
+    """Make `module` compute from row blocks of its weight read as it runs, when it is a
+    plain nn.Linear or nn.Embedding with a large weight stored as one tensor of the expected
+    shape; False (and nothing changed) otherwise."""
+    kind = type(module)
+    weight = names.get("weight")
+    if kind not in (nn.Linear, nn.Embedding) or not isinstance(weight, str):
+        return False
+    meta = module._parameters["weight"]
+    if checkpoint.tensors[weight].shape != tuple(meta.shape) or meta.dim() != 2:
+        return False  # the usual hook refuses it with its own message
+    if 4 * meta.numel() <= ROWS_BYTES or checkpoint.format != "safetensors":
+        return False
+    if kind is nn.Embedding and module.max_norm is not None:
+        return False  # renormalises the rows it looks up, in place
+    bias = names.get("bias")
+    if "bias" in names and not isinstance(bias, str):
+        return False
+    rows = max(1, ROWS_BYTES // (4 * meta.shape[1]))
+
+    def read(r0: int, r1: int) -> torch.Tensor:
+        return checkpoint.read_rows(weight, r0, r1, device).to(torch.float32)
+
+    if kind is nn.Linear:
+
+        def linear(x: torch.Tensor) -> torch.Tensor:
+            b = checkpoint.read(bias, device).to(torch.float32) if bias else None
+            parts = [
+                nn.functional.linear(x, read(r0, r0 + rows), b[r0 : r0 + rows] if bias else None)
+                for r0 in range(0, meta.shape[0], rows)
+            ]
+            return torch.cat(parts, dim=-1)
+
+        module.forward = linear
+    else:
+
+        def embedding(ids: torch.Tensor) -> torch.Tensor:
+            wanted, where = torch.unique(ids, return_inverse=True)
+            table = torch.cat([read(i, i + 1) for i in wanted.tolist()])
+            return nn.functional.embedding(where, table)
+
+        module.forward = embedding
+    return True
 
 
 def _stored_names(model: nn.Module, on_disk: Iterable[str], path: Path) -> dict[str, str | Merged]:

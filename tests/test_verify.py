@@ -318,3 +318,36 @@ def test_streamed_reads_pytorch_bin_checkpoints(pair, tmp_path):
     full = verify(src_bin, wide, streamed=False)
     assert streamed.passed and full.passed
     assert streamed.max_abs_diff == pytest.approx(full.max_abs_diff, rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_large_head_and_embedding_run_by_row_blocks(tmp_path, monkeypatch, tie):
+    """A Linear or Embedding over ROWS_BYTES reads its weight in row blocks as it runs (a
+    large vocabulary's lm_head is never whole in memory): same figures as whole weights,
+    and a wrong head still fails."""
+    src = tiny_llama(tmp_path / "src", tie=tie)
+    wide = widen_by_hand(src, tmp_path / "wide")
+    whole = verify(src, wide, streamed=True)
+    rows = []
+    read_rows = Checkpoint.read_rows
+
+    def count(checkpoint, name, r0, r1, device="cpu"):
+        out = read_rows(checkpoint, name, r0, r1, device)
+        rows.append((name, out.shape[0], 4 * out.numel()))
+        return out
+
+    monkeypatch.setattr(Checkpoint, "read_rows", count)
+    row_bytes = 4 * 32 * N  # one row of the wide embedding / head (hidden 32·N)
+    monkeypatch.setattr(streamed_module, "ROWS_BYTES", 7 * row_bytes)  # 7 rows a block
+    blocks = verify(src, wide, streamed=True)
+    assert blocks.passed, blocks.summary()
+    assert blocks.max_abs_diff == pytest.approx(whole.max_abs_diff, rel=1e-3, abs=1e-6)
+    assert blocks.rel_error < 1e-5 and blocks.top1_agreement == 1.0
+    head = "model.embed_tokens.weight" if tie else "lm_head.weight"
+    assert {n for n, _, _ in rows} >= {head, "model.embed_tokens.weight"}
+    assert max(b for _, _, b in rows) <= 7 * row_bytes  # no weight read whole
+    assert sum(k for n, k, _ in rows if n == head) >= 2 * tiny.VOCAB  # both heads, every row
+
+    doubled = copy_checkpoint(wide, tmp_path / "doubled")
+    edit_weights(doubled, lambda s: s[head].mul_(N) if not tie else s["model.norm.weight"].mul_(N))
+    assert not verify(src, doubled, streamed=True).passed
