@@ -18,8 +18,9 @@ import math
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ CHUNK_BYTES = 16 * 1024 * 1024  # target bytes computed and written at a time
 WRITER_DEPTH = 3  # chunks computed ahead of the disk
 BUFFER_COUNT = WRITER_DEPTH + 2  # one chunk being computed, one being written, the queue
 WRITEBACK_BYTES = 64 * 1024 * 1024  # ShardWriter starts the disk write every this many bytes
+HASH_LAG = BUFFER_COUNT  # chunks the sha256 may run behind the writes
 
 
 @dataclass(frozen=True)
@@ -85,20 +87,31 @@ class ShardWriter:
         self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.written = 0
         self._flushed = 0  # bytes handed to the kernel's writeback so far
+        self._hashing: deque[Future] = deque()  # chunks handed to the hash thread, in order
         self._emit(memoryview(head))
 
-    def _emit(self, data: memoryview) -> None:
-        # sha256 costs about as much CPU as the write: hash on another thread meanwhile
-        hashing = _hasher().submit(self.sha256.update, data) if data.nbytes >= 1 << 20 else None
+    def _emit(self, data: memoryview, then: Callable[[], None] | None = None) -> None:
+        """Write `data` and hash it; `then()` once, when neither needs its memory any more.
+        sha256 costs about as much CPU as the write, so a thread of its own hashes the chunks
+        in order, up to HASH_LAG behind: a write that waits on the disk does not hold it up."""
+        job = None
+        if data.nbytes >= 1 << 20 or self._hashing:  # (in order behind those in flight)
+            job = _hasher().submit(self.sha256.update, data)
+            self._hashing.append(job)
+        else:
+            self.sha256.update(data)
         try:
             self._file.write(data)
         except OSError as e:  # name the file: a failed write() does not (ENOSPC, EIO)
             raise OSError(e.errno, e.strerror, str(self.path)) from e
         finally:
-            if hashing is not None:
-                hashing.result()
-        if hashing is None:
-            self.sha256.update(data)
+            if then is not None:
+                if job is None:
+                    then()
+                else:
+                    job.add_done_callback(lambda _: then())  # at once if already done
+        while self._hashing and (self._hashing[0].done() or len(self._hashing) > HASH_LAG):
+            self._hashing.popleft().result()
         self.written += data.nbytes
         if self.written - self._flushed >= WRITEBACK_BYTES:
             self._start_writeback()
@@ -113,17 +126,25 @@ class ShardWriter:
                 os.posix_fadvise(self._file.fileno(), self._flushed, n, os.POSIX_FADV_DONTNEED)
         self._flushed = self.written
 
-    def write(self, chunk: torch.Tensor) -> None:
-        if chunk.device.type != "cpu":
-            chunk = chunk.cpu()
-        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-        if self.written + data.nbytes > self.expected:
-            raise RuntimeError(f"{self.path.name}: more bytes than the plan allows")
-        self._emit(memoryview(data))
+    def write(self, chunk: torch.Tensor, then: Callable[[], None] | None = None) -> None:
+        """Append a chunk's bytes; `then()` once its memory is free to reuse."""
+        try:
+            if chunk.device.type != "cpu":
+                chunk = chunk.cpu()
+            data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+            if self.written + data.nbytes > self.expected:
+                raise RuntimeError(f"{self.path.name}: more bytes than the plan allows")
+        except BaseException:
+            if then is not None:
+                then()
+            raise
+        self._emit(memoryview(data), then)
 
     def close(self) -> str:
         """Flush to disk and return the file's sha256; the byte count must match the plan."""
         try:
+            while self._hashing:
+                self._hashing.popleft().result()
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as e:
@@ -135,6 +156,8 @@ class ShardWriter:
         return self.sha256.hexdigest()
 
     def abort(self) -> None:
+        while self._hashing:  # (their chunks go back to the pool as they finish)
+            self._hashing.popleft().exception()
         with contextlib.suppress(OSError):  # buffered bytes may not fit either (ENOSPC)
             self._file.close()
 
@@ -277,13 +300,15 @@ class BackgroundWriter:
         self._thread.join()
 
     def _write(self, sw: ShardWriter, chunk: torch.Tensor, ready: object = None) -> None:
+        give = None if self._pool is None else (lambda: self._pool.give(chunk))
         try:
             if ready is not None:
                 ready.synchronize()  # this chunk's device-to-host copy; releases the GIL
-            sw.write(chunk)
-        finally:
-            if self._pool is not None:
-                self._pool.give(chunk)
+        except BaseException:
+            if give is not None:
+                give()
+            raise
+        sw.write(chunk, then=give)  # the buffer returns once written and hashed
         if self._progress is not None:
             self._progress(chunk.numel() * chunk.element_size())
 

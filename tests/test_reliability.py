@@ -556,8 +556,8 @@ SLOW_WRITES = """
 import pathlib, time
 from hyperclone_cli import writer
 _write = writer.ShardWriter.write
-def write(self, chunk):
-    _write(self, chunk)
+def write(self, chunk, then=None):
+    _write(self, chunk, then)
     pathlib.Path(os.environ['HC_TEST_MARK']).touch()  # first bytes are on disk
     time.sleep(0.25)
 writer.ShardWriter.write = write
@@ -646,7 +646,7 @@ def test_disk_full_from_the_writer(src, dst, monkeypatch, cli):
     """In-process: a writer whose every write fails with ENOSPC."""
     from hyperclone_cli import writer
 
-    def full(self, chunk):
+    def full(self, chunk, then=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
     monkeypatch.setattr(writer.ShardWriter, "write", full)
@@ -757,3 +757,36 @@ print((rss() - base) / 2**20)
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=ENV
     )
     assert float(out.stdout.strip()) < 16  # MB still resident (glibc's default here: ~50)
+
+
+def test_shard_hash_runs_behind_the_writes_in_order(tmp_path, monkeypatch):
+    """Chunks of 1 MB and more are hashed on the hash thread, in order, up to HASH_LAG
+    behind the writes: the recorded sha256 is the file's, and each chunk's buffer is
+    handed back once, only after it was written and hashed."""
+    import threading as th
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hyperclone_cli import writer
+
+    gate = th.Event()
+    slow = ThreadPoolExecutor(1)
+    slow.submit(gate.wait)  # the hash thread is busy until the writes are queued
+    monkeypatch.setattr(writer, "_hasher", lambda: slow)
+    sizes = [3 << 20, 100, 2 << 20, 5, 1 << 20, 4 << 20]  # small ones between large ones
+    entries = [writer.Entry(f"t{i}", torch.uint8, (n,)) for i, n in enumerate(sizes)]
+    sw = writer.ShardWriter(tmp_path / "x.safetensors", entries, {"format": "pt"})
+    handed: list[int] = []
+    chunks = [torch.randint(0, 256, (n,), dtype=torch.uint8) for n in sizes]
+    for i, c in enumerate(chunks[: writer.HASH_LAG]):
+        sw.write(c, then=lambda i=i: handed.append(i))
+    assert handed == [] and len(sw._hashing) == writer.HASH_LAG  # all waiting on the hash
+    gate.set()
+    for i, c in enumerate(chunks[writer.HASH_LAG :], writer.HASH_LAG):
+        sw.write(c, then=lambda i=i: handed.append(i))
+    digest = sw.close()
+    assert sorted(handed) == list(range(len(sizes)))
+    assert digest == hashlib.sha256((tmp_path / "x.safetensors").read_bytes()).hexdigest()
+    from safetensors.torch import load_file
+
+    got = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(got[f"t{i}"], c) for i, c in enumerate(chunks))
