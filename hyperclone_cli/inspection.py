@@ -31,7 +31,7 @@ POOL_BYTES = BUFFER_COUNT * CHUNK_BYTES  # expand's reused chunk buffers in flig
 # the NoiseBank's draws ahead (make bench: predicted 670 / 801 MB for measured 663 / 847 MB,
 # small model on numpy / large one with numba)
 NOISE_BYTES = 16 * 4 * NOISE_CHUNK_ELEMENTS + 4 * NOISE_AHEAD_ELEMENTS
-NUMBA_BYTES = 110 * 1024 * 1024  # numba's compiler, loaded by runs of COMPILED_MIN_DRAWS
+NUMBA_BYTES = 110 * 1024 * 1024  # numba's compiler, loaded where normals.repays_compiled
 # verify in streamed mode: transformers' skeletons and the token batch's activations, beyond
 # the float32 weights in memory at once (calibrated on benchmarks/results.json: predicted
 # 904 / 1115 MB for measured 830 / 1108 MB)
@@ -156,11 +156,11 @@ def predict_peak_rss(plan: Plan, verify_mode: str) -> dict[str, int]:
     largest_src = max(t.nbytes for t in plan.source.tensors.values())
     # the interpreter + one source tensor + the chunks in flight (on the benchmark's large
     # checkpoint: measured 479 MB; predicted 479 MB)
-    expand = BASELINE_RSS + largest_src + POOL_BYTES
+    in_flight = POOL_BYTES
     if plan.recipe.noise is not None:
         draws = sum(r.elements for r in noise_requests(plan))
-        numba = NUMBA_BYTES if draws >= normals.COMPILED_MIN_DRAWS else 0
-        expand = BASELINE_RSS + largest_src + NOISE_BYTES + numba
+        in_flight = NOISE_BYTES + (NUMBA_BYTES if normals.repays_compiled(draws) else 0)
+    expand = BASELINE_RSS + largest_src + in_flight
     if verify_mode == "full":
         # both models in float32; a half-precision file is cast on load, and part of its
         # stored copy is alive at once (benchmark: predicted 2.3 / 8.4 GB, measured 2.4 / 8.6)

@@ -138,12 +138,17 @@ _ready = None  # the compiled loop, once loaded (None before, or where it cannot
 _warming: threading.Thread | None = None
 
 
+def repays_compiled(draws: int) -> bool:
+    """Whether a run of `draws` normals loads numba's loop (and its ~110 MB)."""
+    return draws >= COMPILED_MIN_DRAWS
+
+
 def warm_compiled(draws: int) -> threading.Thread | None:
     """For a run that will draw `draws` normals: load numba's loop in the background when
     that repays its load; `fill` uses it once it is ready. Returns the loading thread."""
     global _warming
     with _kernel_lock:
-        if draws < COMPILED_MIN_DRAWS or _ready is not None or _warming is not None:
+        if not repays_compiled(draws) or _ready is not None or _warming is not None:
             return None
         _warming = threading.Thread(target=_numba_kernel, name="numba-load", daemon=True)
     _warming.start()

@@ -251,10 +251,7 @@ def noise_bank(plan: Plan, device: torch.device) -> Iterator[NoiseBank | None]:
     """With noise on the CPU: the unit draws of every noisy tensor, in plan order, made
     ahead in a background thread (NOISE_AHEAD_ELEMENTS at most), so they overlap reads and
     writes. (A GPU draws its noise itself, where it adds it.)"""
-    if plan.recipe.noise is None or device.type != "cpu":
-        yield None
-        return
-    requests = noise_requests(plan)
+    requests = noise_requests(plan) if device.type == "cpu" else []
     if not requests:
         yield None
         return
