@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -202,7 +203,7 @@ def warm_up(src: str | Path) -> threading.Thread:
     SmolLM2 x2 (pure Python; the writing mostly waits on the disk or runs without the GIL)."""
 
     def imports() -> None:
-        with contextlib.suppress(Exception):  # verify itself reports any failure
+        with contextlib.suppress(Exception), _no_collection():  # verify reports any failure
             config = _load_config(Path(src))
             from transformers import AutoModelForCausalLM
 
@@ -213,6 +214,26 @@ def warm_up(src: str | Path) -> threading.Thread:
     thread.start()
     _warming = thread
     return thread
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """No garbage collection while importing, and the modules' objects out of every later
+    one: transformers' imports make objects by the hundred thousand, and the collections
+    they set off (each walking all of torch's objects too) took ~1.5 s of CPU (of the ~10
+    s that verification added to SmolLM2 x2's expand), for almost no garbage."""
+    import gc
+
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()  # one collection instead of dozens, then
+        gc.freeze()
+        gc.enable()
 
 
 # The warm-up thread, which verify() waits for: transformers' lazy module breaks when two
@@ -229,8 +250,26 @@ def _idle_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(torch.get_num_threads(), cores - busy))
+    return max(1, min(torch.get_num_threads(), cores - _busy_cores()))
+
+
+LOADAVG = Path("/proc/loadavg")  # "1.2 0.9 0.8 3/412 5521": 3 threads runnable now
+
+
+def _busy_cores(samples: int = 5, every: float = 0.01) -> int:
+    """Threads of other work running now. Linux counts the runnable threads in
+    /proc/loadavg (this one among them; the median of a few samples); the 1-minute load
+    average, the fallback elsewhere, would also count the writing that expand just did."""
+    counts = []
+    for i in range(samples):
+        try:
+            running = LOADAVG.read_text().split()[3].split("/")[0]
+            counts.append(int(running) - 1)
+        except (OSError, IndexError, ValueError):
+            return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        if i + 1 < samples:
+            time.sleep(every)
+    return sorted(counts)[len(counts) // 2]
 
 
 @contextmanager

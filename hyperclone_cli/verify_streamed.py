@@ -170,7 +170,7 @@ def _stream_weights(
         owner = model.get_submodule(owner_name)
         if found is not None:
             used.add(found)
-            value = checkpoint.read(found, device).to(dtype=buffer.dtype)
+            value = checkpoint.read(found, device, mapped=True).to(dtype=buffer.dtype)
         else:
             value = buffer.to(device)
         owner._buffers[short] = value
@@ -186,7 +186,7 @@ def _stream_weights(
                 if found is None:
                     value = torch.zeros(meta.shape, dtype=meta.dtype, device=device)
                 elif isinstance(found, Merged):  # per-expert tensors, stacked as on load
-                    value = found.read(lambda k: checkpoint.read(k, device))
+                    value = found.read(lambda k: checkpoint.read(k, device, mapped=True))
                     if tuple(value.shape) != tuple(meta.shape):
                         raise HypercloneError(
                             f"cannot load {checkpoint.path}: {found.names[0]} and its experts "
@@ -201,7 +201,7 @@ def _stream_weights(
                             f"cannot load {checkpoint.path}: {found} has shape {stored}, "
                             f"the config implies {tuple(meta.shape)}"
                         )
-                    value = checkpoint.read(found, device).to(dtype=meta.dtype)
+                    value = checkpoint.read(found, device, mapped=True).to(dtype=meta.dtype)
                 mod._parameters[short] = nn.Parameter(value, requires_grad=False)
 
         def release(mod: nn.Module, args: object, out: object, placeholders=placeholders):
@@ -244,12 +244,12 @@ def _by_rows(
     rows = max(1, ROWS_BYTES // (4 * meta.shape[1]))
 
     def read(r0: int, r1: int) -> torch.Tensor:
-        return checkpoint.read_rows(weight, r0, r1, device).to(torch.float32)
+        return checkpoint.read_rows(weight, r0, r1, device, mapped=True).to(torch.float32)
 
     if kind is nn.Linear:
 
         def linear(x: torch.Tensor) -> torch.Tensor:
-            b = checkpoint.read(bias, device).to(torch.float32) if bias else None
+            b = checkpoint.read(bias, device, mapped=True).to(torch.float32) if bias else None
             parts = [
                 nn.functional.linear(x, read(r0, r0 + rows), b[r0 : r0 + rows] if bias else None)
                 for r0 in range(0, meta.shape[0], rows)

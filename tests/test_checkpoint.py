@@ -144,12 +144,38 @@ def test_a_file_too_short_for_the_length_prefix(tmp_path):
         read_safetensors_header(file)
 
 
-def test_a_file_truncated_after_opening_is_an_error_not_a_crash(tmp_path):
+@pytest.mark.parametrize("mapped", [False, True])
+def test_a_file_truncated_after_opening_is_an_error_not_a_crash(mapped, tmp_path):
     ckpt = open_checkpoint(checkpoint_dir(tmp_path / "c", model={"w": torch.ones(64)}))
     file = ckpt.tensors["w"].file
     file.write_bytes(file.read_bytes()[:-16])
     with pytest.raises(HypercloneError, match="tensor w is truncated"):
-        ckpt.read("w")
+        ckpt.read("w", mapped=mapped)
+
+
+def test_mapped_reads_give_the_stored_values_and_leave_the_file_alone(tmp_path):
+    """A mapped read (streamed verification's) gives what a copied read gives, for tensors
+    at any offset in the file (here none on a page boundary), rows included; writing into
+    it changes neither the file nor a later read."""
+    want = {
+        "a": torch.randn(3),  # 12 bytes: every later tensor starts off a 4 KiB page
+        "b": torch.randn(1500, 7).to(torch.bfloat16),
+        "c": torch.randn(2100, 3),
+        "d": torch.arange(5, dtype=torch.int64),
+        "e": torch.zeros(0, 4),
+    }
+    ckpt = open_checkpoint(checkpoint_dir(tmp_path / "c", model=want))
+    before = ckpt.tensors["c"].file.read_bytes()
+    for name, tensor in want.items():
+        got = ckpt.read(name, mapped=True)
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape
+        assert torch.equal(got, tensor) and torch.equal(got, ckpt.read(name))
+    rows = ckpt.read_rows("c", 1000, 1700, mapped=True)
+    assert torch.equal(rows, want["c"][1000:1700])
+    assert torch.equal(ckpt.read_rows("b", 1499, 1600, mapped=True), want["b"][1499:])
+    rows.fill_(7.0)  # copy-on-write: private to this tensor
+    assert ckpt.tensors["c"].file.read_bytes() == before
+    assert torch.equal(ckpt.read("c", mapped=True), want["c"])
 
 
 # --------------------------------------------------------------------------- dtypes

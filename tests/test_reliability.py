@@ -790,3 +790,83 @@ def test_shard_hash_runs_behind_the_writes_in_order(tmp_path, monkeypatch):
 
     got = load_file(tmp_path / "x.safetensors")
     assert all(torch.equal(got[f"t{i}"], c) for i, c in enumerate(chunks))
+
+
+@pytest.mark.parametrize("keep_cached", [False, True])
+def test_writeback_starts_every_writeback_bytes_keeping_the_pages_when_asked(
+    keep_cached, tmp_path, monkeypatch
+):
+    """Every WRITEBACK_BYTES the shard's new pages go to the disk: with `keep_cached` (a
+    verification reads them next) through sync_file_range, which keeps them in the page
+    cache, otherwise through POSIX_FADV_DONTNEED; the ranges tile the file and the bytes
+    are the same either way."""
+    from hyperclone_cli import writer
+
+    monkeypatch.setattr(writer, "WRITEBACK_BYTES", 1 << 20)
+    calls: list[tuple[str, int, int]] = []
+
+    def sync_file_range(fd, offset, nbytes, flags):
+        assert flags == writer.SYNC_FILE_RANGE_WRITE
+        calls.append(("sync_file_range", offset, nbytes))
+        return 0
+
+    def fadvise(fd, offset, nbytes, advice):
+        assert advice == os.POSIX_FADV_DONTNEED
+        calls.append(("fadvise", offset, nbytes))
+
+    monkeypatch.setattr(writer, "_sync_file_range", lambda: sync_file_range)
+    monkeypatch.setattr(os, "posix_fadvise", fadvise, raising=False)
+    chunks = [torch.full((700_000,), i, dtype=torch.uint8) for i in range(5)]
+    entries = [writer.Entry(f"t{i}", torch.uint8, (c.numel(),)) for i, c in enumerate(chunks)]
+    path = tmp_path / "x.safetensors"
+    sw = writer.ShardWriter(path, entries, {"format": "pt"}, keep_cached=keep_cached)
+    for c in chunks:
+        sw.write(c)
+    digest = sw.close()
+    assert {name for name, _, _ in calls} == {"sync_file_range" if keep_cached else "fadvise"}
+    offsets = [(o, n) for _, o, n in calls]
+    assert offsets[0][0] == 0 and all(n >= 1 << 20 for _, n in offsets)
+    assert all(a + n == b for (a, n), (b, _) in zip(offsets, offsets[1:], strict=False))
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    from safetensors.torch import load_file
+
+    got = load_file(path)
+    assert all(torch.equal(got[f"t{i}"], c) for i, c in enumerate(chunks))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_sync_file_range_is_called_for_real(tmp_path):
+    from hyperclone_cli import writer
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10_000)
+    with open(path, "r+b") as f:
+        writer.start_writeback(f.fileno(), 0, 10_000, keep_cached=True)
+        with pytest.raises(OSError):
+            writer.start_writeback(-1, 0, 10, keep_cached=True)
+    assert writer._sync_file_range() is not None
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_expand_keeps_the_written_pages_only_for_a_verification_that_fits(
+    verify, src, tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    import psutil
+
+    from hyperclone_cli import pipeline
+
+    seen: list[bool] = []
+    write_shards = pipeline.write_shards
+
+    def spy(*args, **kwargs):
+        seen.append(args[5] if len(args) > 5 else kwargs.get("keep_cached", False))
+        return write_shards(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_shards", spy)
+    pipeline.expand(src, tmp_path / "a", factor=2, verify=verify)
+    memory = SimpleNamespace(available=1)  # no room: the pages go as they are written
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
+    pipeline.expand(src, tmp_path / "b", factor=2, verify=verify)
+    assert seen == [verify, False]

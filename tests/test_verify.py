@@ -287,7 +287,7 @@ def test_streamed_holds_one_module_of_weights_at_a_time(pair, monkeypatch):
         models.append(model)
         return stream_weights(checkpoint, model, device)
 
-    def measure(checkpoint, name, device="cpu"):
+    def measure(checkpoint, name, device="cpu", mapped=False):
         holding = [
             module
             for model in models
@@ -295,7 +295,7 @@ def test_streamed_holds_one_module_of_weights_at_a_time(pair, monkeypatch):
             if any(p.device.type != "meta" for p in module.parameters(recurse=False))
         ]
         holders.append(len(holding))
-        out = read(checkpoint, name, device)
+        out = read(checkpoint, name, device, mapped)
         read_sizes.append(out.numel())
         return out
 
@@ -331,8 +331,8 @@ def test_large_head_and_embedding_run_by_row_blocks(tmp_path, monkeypatch, tie):
     rows = []
     read_rows = Checkpoint.read_rows
 
-    def count(checkpoint, name, r0, r1, device="cpu"):
-        out = read_rows(checkpoint, name, r0, r1, device)
+    def count(checkpoint, name, r0, r1, device="cpu", mapped=False):
+        out = read_rows(checkpoint, name, r0, r1, device, mapped)
         rows.append((name, out.shape[0], 4 * out.numel()))
         return out
 
@@ -351,3 +351,51 @@ def test_large_head_and_embedding_run_by_row_blocks(tmp_path, monkeypatch, tie):
     doubled = copy_checkpoint(wide, tmp_path / "doubled")
     edit_weights(doubled, lambda s: s[head].mul_(N) if not tie else s["model.norm.weight"].mul_(N))
     assert not verify(src, doubled, streamed=True).passed
+
+
+def test_forward_threads_leave_out_the_cores_busy_now(tmp_path, monkeypatch):
+    """The runnable threads of /proc/loadavg (less the caller) are the busy cores, not the
+    1-minute average that still counts expand's own writing just before."""
+    import hyperclone_cli.verification as verification
+
+    monkeypatch.setattr(verification.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(verification.torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(verification.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(verification, "LOADAVG", loadavg)
+    for running, threads in [(1, 4), (2, 3), (4, 1), (30, 1)]:
+        loadavg.write_text(f"9.00 9.00 9.00 {running}/412 5521\n")
+        assert verification._idle_cores() == threads
+    loadavg.unlink()  # not Linux: the load average
+    assert verification._busy_cores() == 9 and verification._idle_cores() == 1
+
+
+class _Node:
+    me: object = None
+
+
+def test_warm_up_imports_without_collections_and_freezes_what_stays(pair):
+    """No collection while the imports run; after them one collection (the garbage goes),
+    then what stays is frozen out of later collections, and collecting is back on."""
+    import gc
+    import weakref
+
+    import hyperclone_cli.verification as verification
+
+    src, _ = pair
+    kept: list[list] = []
+    try:
+        with verification._no_collection():
+            assert not gc.isenabled()
+            kept.append([[i] for i in range(1000)])
+            cycle = _Node()
+            cycle.me = cycle
+            gone = weakref.ref(cycle)
+            del cycle
+        assert gc.isenabled()
+        assert gone() is None  # garbage collected once at the end, not frozen
+        assert gc.get_freeze_count() >= 1000  # the lists that stay
+        verification.warm_up(src).join()
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
