@@ -23,7 +23,7 @@ from .pipeline import (
 from .plan import Plan, make_plan, resolved_tie
 from .recipe import Recipe, build_recipe
 from .summary import setting_rows
-from .writer import BUFFER_COUNT, CHUNK_BYTES
+from .writer import BUFFER_COUNT, CHUNK_BYTES, STAGE_BYTES
 
 BASELINE_RSS = 320 * 1024 * 1024  # python + torch + the CLI before any work, measured 302 MB
 POOL_BYTES = BUFFER_COUNT * CHUNK_BYTES  # expand's reused chunk buffers in flight
@@ -160,7 +160,7 @@ def predict_peak_rss(plan: Plan, verify_mode: str) -> dict[str, int]:
     if plan.recipe.noise is not None:
         draws = sum(r.elements for r in noise_requests(plan))
         in_flight = NOISE_BYTES + (NUMBA_BYTES if normals.repays_compiled(draws) else 0)
-    expand = BASELINE_RSS + largest_src + in_flight
+    expand = BASELINE_RSS + largest_src + in_flight + STAGE_BYTES
     if verify_mode == "full":
         # both models in float32; a half-precision file is cast on load, and part of its
         # stored copy is alive at once (benchmark: predicted 2.3 / 8.4 GB, measured 2.4 / 8.6)

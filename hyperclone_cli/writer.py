@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import json
 import math
+import mmap
 import os
 import queue
 import sys
@@ -37,6 +39,8 @@ WRITER_DEPTH = 3  # chunks computed ahead of the disk
 BUFFER_COUNT = WRITER_DEPTH + 2  # one chunk being computed, one being written, the queue
 WRITEBACK_BYTES = 64 * 1024 * 1024  # ShardWriter starts the disk write every this many bytes
 HASH_LAG = BUFFER_COUNT  # chunks the sha256 may run behind the writes
+DIRECT_IO = True  # write shards with O_DIRECT where the file system takes it (_DirectFile)
+STAGE_BYTES = 8 * 1024 * 1024  # a direct write's staging buffer
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,96 @@ def safetensors_header(entries: Iterable[Entry], metadata: dict[str, str] | None
     return len(raw).to_bytes(8, "little") + raw
 
 
+class _DirectFile:
+    """A file written with O_DIRECT through a reused, aligned staging buffer: the disk reads
+    the bytes from it by DMA, where a normal write() copies them into page-cache pages and
+    the kernel writes those later. Writing 1.8 GB took 0.4-0.6 s of CPU this way against
+    2.3-3.0 s buffered on the 2-core VM (first-touched page-cache pages are dear in a VM),
+    in less wall time. Nothing stays cached, so not for files read back next (verify).
+
+    Each write() of the buffer is whole and aligned; the tail is padded to the alignment
+    and the file cut back to its length at close. A file system that refuses O_DIRECT at
+    open gets a normal file (`open` returns None); one that refuses a write has O_DIRECT
+    taken off the descriptor and gets the same bytes buffered."""
+
+    ALIGN = 4096  # the largest logical block size in use
+    STAGE_BYTES = STAGE_BYTES
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._stage = mmap.mmap(-1, self.STAGE_BYTES)  # page-aligned, reused
+        self._view = memoryview(self._stage)
+        self._staged = 0
+        self._length = 0
+
+    @classmethod
+    def open(cls, path: Path) -> _DirectFile | None:
+        direct = getattr(os, "O_DIRECT", 0)
+        if not direct or not DIRECT_IO:
+            return None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return cls(os.open(path, flags, 0o666))
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            return None
+
+    def write(self, data: memoryview) -> None:
+        data = data.cast("B")
+        done = 0
+        while done < data.nbytes:
+            n = min(data.nbytes - done, self.STAGE_BYTES - self._staged)
+            self._view[self._staged : self._staged + n] = data[done : done + n]
+            self._staged += n
+            done += n
+            if self._staged == self.STAGE_BYTES:
+                self._put(self.STAGE_BYTES)
+        self._length += data.nbytes
+
+    def _put(self, nbytes: int) -> None:
+        done = 0
+        while done < nbytes:
+            try:
+                done += os.write(self._fd, self._view[done:nbytes])
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self._undirect():
+                    raise
+        self._staged = 0
+
+    def _undirect(self) -> bool:
+        """Take O_DIRECT off (a write refused for it); False when it was not on."""
+        import fcntl  # (POSIX; O_DIRECT is only ever on there)
+
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        if not flags & os.O_DIRECT:
+            return False
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        return True
+
+    def flush(self) -> None:
+        """Write what is staged (padded to the alignment), then cut the file to its length."""
+        if self._staged:
+            tail = self._staged
+            padded = -(-tail // self.ALIGN) * self.ALIGN
+            self._view[tail:padded] = bytes(padded - tail)
+            self._put(padded)
+            if padded != tail:
+                os.ftruncate(self._fd, self._length)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+        with contextlib.suppress(BufferError):  # a failed write's traceback may hold a slice
+            self._view.release()
+            self._stage.close()  # (else unmapped when the last slice goes)
+
+
 class ShardWriter:
     """Write one safetensors file: header first, then each tensor's bytes in plan order."""
 
@@ -93,7 +187,12 @@ class ShardWriter:
         self.sha256 = hashlib.sha256()
         head = safetensors_header(entries, metadata)
         self.expected = len(head) + sum(e.nbytes for e in entries)
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        # the disk's DMA reads the bytes from a staging buffer of our own, when the file
+        # system takes O_DIRECT and the pages need not stay cached: see _DirectFile
+        self._file = _DirectFile.open(path) if not keep_cached else None
+        self._direct = self._file is not None
+        if self._file is None:
+            self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.written = 0
         self._flushed = 0  # bytes handed to the kernel's writeback so far
         self._hashing: deque[Future] = deque()  # chunks handed to the hash thread, in order
@@ -122,7 +221,7 @@ class ShardWriter:
         while self._hashing and (self._hashing[0].done() or len(self._hashing) > HASH_LAG):
             self._hashing.popleft().result()
         self.written += data.nbytes
-        if self.written - self._flushed >= WRITEBACK_BYTES:
+        if self.written - self._flushed >= WRITEBACK_BYTES and not self._direct:
             self._start_writeback()
 
     def _start_writeback(self) -> None:

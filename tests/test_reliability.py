@@ -803,6 +803,7 @@ def test_writeback_starts_every_writeback_bytes_keeping_the_pages_when_asked(
     from hyperclone_cli import writer
 
     monkeypatch.setattr(writer, "WRITEBACK_BYTES", 1 << 20)
+    monkeypatch.setattr(writer, "DIRECT_IO", False)  # (direct writes leave no dirty pages)
     calls: list[tuple[str, int, int]] = []
 
     def sync_file_range(fd, offset, nbytes, flags):
@@ -870,3 +871,102 @@ def test_expand_keeps_the_written_pages_only_for_a_verification_that_fits(
     monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
     pipeline.expand(src, tmp_path / "b", factor=2, verify=verify)
     assert seen == [verify, False]
+
+
+def _shard_bytes(tmp_path, name, sizes, keep_cached=False):
+    """Write a shard of uint8 tensors of these sizes; (file bytes, recorded sha256, chunks)."""
+    from hyperclone_cli import writer
+
+    chunks = [torch.randint(0, 256, (n,), dtype=torch.uint8) for n in sizes]
+    entries = [writer.Entry(f"t{i}", torch.uint8, (n,)) for i, n in enumerate(sizes)]
+    sw = writer.ShardWriter(tmp_path / name, entries, {"format": "pt"}, keep_cached=keep_cached)
+    for c in chunks:
+        sw.write(c)
+    digest = sw.close()
+    return (tmp_path / name).read_bytes(), digest, chunks
+
+
+DIRECT_SIZES = [5, 3 * 4096, 4096 - 7, 20_000, 1, 9 * 4096 + 3]  # across stage boundaries
+
+
+def test_direct_writes_give_the_bytes_of_buffered_ones(tmp_path, monkeypatch):
+    """O_DIRECT through a small staging buffer (whole buffers, then a padded tail cut back):
+    the same file, to the byte, as a normal buffered write."""
+    from hyperclone_cli import writer
+
+    monkeypatch.setattr(writer._DirectFile, "STAGE_BYTES", 2 * 4096)
+    opened: list[object] = []
+    direct_open = writer._DirectFile.open.__func__
+
+    def spy(cls, path):
+        opened.append(direct_open(cls, path))
+        return opened[-1]
+
+    monkeypatch.setattr(writer._DirectFile, "open", classmethod(spy))
+    torch.manual_seed(0)
+    direct, d_digest, _ = _shard_bytes(tmp_path, "direct.safetensors", DIRECT_SIZES)
+    torch.manual_seed(0)
+    cached, c_digest, chunks = _shard_bytes(tmp_path, "cached.safetensors", DIRECT_SIZES, True)
+    assert len(opened) == 1  # kept-cached files never try O_DIRECT
+    if sys.platform.startswith("linux"):
+        assert opened[0] is not None, "this file system should take O_DIRECT"
+    assert direct == cached and d_digest == c_digest == hashlib.sha256(direct).hexdigest()
+    got = load_file(tmp_path / "direct.safetensors")
+    assert all(torch.equal(got[f"t{i}"], c) for i, c in enumerate(chunks))
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT here")
+@pytest.mark.parametrize("refused", ["open", "write"])
+def test_a_file_system_that_refuses_direct_writes_gets_buffered_ones(
+    refused, tmp_path, monkeypatch
+):
+    """EINVAL for O_DIRECT at open: a normal file; at the first write: O_DIRECT taken off
+    the descriptor and the same bytes written buffered."""
+    from hyperclone_cli import writer
+
+    monkeypatch.setattr(writer._DirectFile, "STAGE_BYTES", 2 * 4096)
+    refusals: list[str] = []
+    real_open, real_write = os.open, os.write
+
+    def fake_open(path, flags, *args):
+        if refused == "open" and flags & os.O_DIRECT:
+            refusals.append("open")
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    def fake_write(fd, data):
+        import fcntl
+
+        if refused == "write" and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refusals.append("write")
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "write", fake_write)
+    torch.manual_seed(1)
+    got, digest, _ = _shard_bytes(tmp_path, "x.safetensors", DIRECT_SIZES)
+    monkeypatch.setattr(writer, "DIRECT_IO", False)
+    torch.manual_seed(1)
+    want, _, _ = _shard_bytes(tmp_path, "y.safetensors", DIRECT_SIZES)
+    assert refusals == [refused]
+    assert got == want and digest == hashlib.sha256(want).hexdigest()
+
+
+def test_a_failed_direct_write_names_the_file(tmp_path, monkeypatch):
+    from hyperclone_cli import writer
+
+    monkeypatch.setattr(writer._DirectFile, "STAGE_BYTES", 4096)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    entries = [writer.Entry("t", torch.uint8, (10_000,))]
+    sw = writer.ShardWriter(tmp_path / "x.safetensors", entries, {"format": "pt"})
+    with pytest.raises(OSError) as info:
+        sw.write(torch.zeros(10_000, dtype=torch.uint8))
+        sw.close()
+    sw.abort()
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / "x.safetensors")
