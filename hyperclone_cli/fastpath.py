@@ -13,13 +13,14 @@ tests/test_clone_exact.py pins every route here byte for byte against the refere
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
 
 import torch
 
-from .noise import NoiseStream
+from .noise import NoiseStream, index_bytes
 
 Alloc = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
 
@@ -84,14 +85,20 @@ def _all_finite(w: torch.Tensor) -> bool:
 
 def runs(idx: torch.Tensor) -> list[tuple[int, int, int]]:
     """An index map as contiguous runs (target start, source start, length): a tile map
-    `[0…d, 0…d]` is two runs, so widening is a few block copies instead of a gather."""
-    idx = idx.cpu()
+    `[0…d, 0…d]` is two runs, so widening is a few block copies instead of a gather.
+    (Worked out once per map, by its contents: every layer has the same ones.)"""
+    return list(_runs(index_bytes(idx)))
+
+
+@functools.lru_cache(maxsize=256)
+def _runs(raw: bytes) -> tuple[tuple[int, int, int], ...]:
+    idx = torch.frombuffer(bytearray(raw), dtype=torch.int64) if raw else torch.empty(0)
     if idx.numel() == 0:
-        return []
+        return ()
     cuts = (torch.nonzero(idx[1:] - idx[:-1] != 1).flatten() + 1).tolist()
     starts, ends = [0, *cuts], [*cuts, idx.numel()]
     lengths = [e - s for s, e in zip(starts, ends, strict=True)]
-    return list(zip(starts, idx[starts].tolist(), lengths, strict=True))
+    return tuple(zip(starts, idx[starts].tolist(), lengths, strict=True))
 
 
 def runs_within(runs: list[tuple[int, int, int]], r0: int, r1: int) -> list[tuple[int, int, int]]:

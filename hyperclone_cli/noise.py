@@ -19,6 +19,7 @@ maps subtract the mean over the copies with index_add. Every element has varianc
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -71,8 +72,19 @@ def noise_std(w: torch.Tensor, n_in: int, snr_db: float) -> float:
 
 def copy_layout(idx: torch.Tensor, source_size: int) -> tuple[int, int, int] | None:
     """`(outer, n, inner)` when target index `(o, j, i)` copies source `o·inner + i` for
-    every copy j: tile maps (outer = 1) and copies side by side (inner = block); else None."""
-    idx = idx.cpu()
+    every copy j: tile maps (outer = 1) and copies side by side (inner = block); else None.
+    (Every layer's tensors have the same maps: worked out once per map, by its contents.)"""
+    return _copy_layout(index_bytes(idx), source_size)
+
+
+def index_bytes(idx: torch.Tensor) -> bytes:
+    """An index map's contents, as a cache key."""
+    return idx.to("cpu", torch.int64).numpy().tobytes()
+
+
+@functools.lru_cache(maxsize=256)
+def _copy_layout(raw: bytes, source_size: int) -> tuple[int, int, int] | None:
+    idx = torch.frombuffer(bytearray(raw), dtype=torch.int64)
     target = idx.numel()
     if source_size == 0 or target % source_size or target == source_size or int(idx[0]) != 0:
         return None

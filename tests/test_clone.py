@@ -123,3 +123,23 @@ def test_bfloat16_rounds_once():
     got = widen_full(w, axes)
     assert got.dtype == torch.bfloat16
     assert torch.equal(got[:8, :8], (w.float() / 3).to(torch.bfloat16))
+
+
+def test_index_map_work_is_done_once_per_map_contents():
+    """Every layer has its own index tensors with the same contents: their runs and copy
+    layouts are worked out once, and what a caller gets is its own copy."""
+    from hyperclone_cli import fastpath, noise
+
+    fastpath._runs.cache_clear()
+    noise._copy_layout.cache_clear()
+    a, b = tile_map(6, 2), tile_map(6, 2)
+    assert a is not b
+    got = fastpath.runs(a)
+    assert got == [(0, 0, 6), (6, 0, 6)]
+    got.append((99, 99, 99))
+    assert fastpath.runs(b) == [(0, 0, 6), (6, 0, 6)]
+    assert fastpath._runs.cache_info().hits == 1
+    assert noise.copy_layout(a, 6) == noise.copy_layout(b.to(torch.int32), 6) == (1, 2, 6)
+    assert noise._copy_layout.cache_info().hits == 1
+    assert noise.copy_layout(a, 4) is None  # the source size is part of the key
+    assert fastpath.runs(torch.empty(0, dtype=torch.int64)) == []
