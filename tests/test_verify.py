@@ -399,3 +399,34 @@ def test_warm_up_imports_without_collections_and_freezes_what_stays(pair):
         assert gc.isenabled()
     finally:
         gc.unfreeze()
+
+
+def test_warm_up_lets_the_writers_have_the_gil_back_soon_while_it_imports(pair, monkeypatch):
+    """While the imports run, a thread waiting for the GIL gets it within
+    IMPORT_SWITCH_INTERVAL (not Python's 5 ms); the interval is restored when they end."""
+    import sys
+    import threading
+
+    import hyperclone_cli.verification as verification
+
+    src, _ = pair
+    seen: list[float] = []
+    release = threading.Event()
+    real = verification._load_config
+
+    def held(path):  # inside the import thread: note the interval, then go on
+        seen.append(sys.getswitchinterval())
+        release.wait(10)
+        return real(path)
+
+    monkeypatch.setattr(verification, "_load_config", held)
+    before = sys.getswitchinterval()
+    short = pytest.approx(min(before, verification.IMPORT_SWITCH_INTERVAL), rel=1e-3)
+    thread = verification.warm_up(src)
+    try:
+        assert sys.getswitchinterval() == short  # (kept in whole microseconds)
+    finally:
+        release.set()
+        thread.join()
+    assert seen == [short]
+    assert sys.getswitchinterval() == before
